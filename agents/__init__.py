@@ -1,0 +1,1 @@
+"""Workflows that join `envs` and `policies`: training, evaluation, benchmarks and the CLI."""
