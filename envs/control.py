@@ -1,0 +1,161 @@
+"""Cascaded PID for the Crazyflie: position -> velocity -> attitude -> body rate -> motor mixing.
+
+The loops are written with plain Python floats instead of NumPy: they run at the physics rate
+(240 Hz) inside every env step, where NumPy's per-call overhead on 3-vectors costs more than
+the arithmetic. Rotation matrices are 9-tuples in row-major order mapping body to world
+(as ``pybullet.getMatrixFromQuaternion`` returns them).
+
+Loop structure (all gains in SI units, chosen for a closed-loop bandwidth of roughly
+rate 25 rad/s > attitude 8 rad/s > velocity 3 rad/s > position 1.5 rad/s, each stage a
+factor ~3 slower than the one inside it):
+
+- position:  v_des = Kp_pos * (p_goal - p), limited to ``max_speed``          (control rate)
+- velocity:  a_des = Kp_vel * (v_des - v) + Ki_vel * integral + g e_z,
+             horizontal part limited by ``max_tilt``                          (physics rate)
+- attitude:  reduced attitude: body rates that turn body z towards a_des      (physics rate)
+- rate:      torque = J * Kp_rate * (w_des - w)                               (physics rate)
+- mixing:    rotor thrusts from collective thrust and torques -> rotor speeds (physics rate)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.params import QuadrotorParams
+
+Vec3 = tuple[float, float, float]
+Rot = tuple[float, ...]  # 9 floats, row-major, body -> world
+
+
+@dataclass(frozen=True)
+class PIDGains:
+    """Gains and limits of the cascade (units in the comments)."""
+
+    pos_p: float = 1.5  # 1/s: m of error -> m/s of velocity set-point
+    max_speed: float = 1.0  # m/s, limit of the position loop's velocity set-point
+    vel_p: float = 3.0  # 1/s: m/s of error -> m/s^2
+    vel_i: float = 1.5  # 1/s^2
+    vel_i_limit: float = 2.0  # m/s^2, anti-windup bound on the integral term
+    max_tilt: float = math.radians(35.0)  # rad, tilt the velocity loop may ask for
+    att_p: float = 8.0  # 1/s: rad of tilt error -> rad/s of rate set-point
+    yaw_p: float = 2.0  # 1/s: rad of yaw error -> rad/s (used to hold a heading)
+    rate_p: float = 25.0  # 1/s: rad/s of rate error -> rad/s^2
+
+
+class CascadedPID:
+    """Stateful cascade for one quadrotor; :meth:`reset` clears the integrators.
+
+    Args:
+        params: the airframe (mass, inertia, rotor layout, kf/km, rpm limits).
+        gains: loop gains and limits.
+    """
+
+    def __init__(self, params: QuadrotorParams, gains: PIDGains = PIDGains()) -> None:
+        self.gains = gains
+        self.set_params(params)
+        self.reset()
+
+    def set_params(self, params: QuadrotorParams) -> None:
+        """Use a (possibly disturbed) airframe; the mixer is rebuilt from its rotor layout."""
+        self.params = params
+        self.inertia = (params.ixx, params.iyy, params.izz)
+        # Rows: total thrust, roll torque, pitch torque, yaw torque per unit rotor thrust (N).
+        mixing = np.array([
+            [1.0, 1.0, 1.0, 1.0],
+            list(params.rotor_y),
+            [-x for x in params.rotor_x],
+            [s * params.km / params.kf for s in params.yaw_sign],
+        ])
+        self._unmix = tuple(tuple(row) for row in np.linalg.inv(mixing).tolist())
+        self._max_rotor_thrust = params.max_rotor_thrust
+
+    def reset(self) -> None:
+        """Clear the velocity integrator (call at episode start)."""
+        self._vel_integral = [0.0, 0.0, 0.0]
+
+    # --- outer loops -------------------------------------------------------------------------
+    def position_to_velocity(self, position_error: Vec3) -> Vec3:
+        """Velocity set-point (m/s) towards a goal ``position_error`` (m) away, speed-limited."""
+        g = self.gains
+        vx, vy, vz = (g.pos_p * e for e in position_error)
+        speed = math.sqrt(vx * vx + vy * vy + vz * vz)
+        if speed > g.max_speed:
+            scale = g.max_speed / speed
+            vx, vy, vz = vx * scale, vy * scale, vz * scale
+        return vx, vy, vz
+
+    def velocity_to_acceleration(self, velocity_setpoint: Vec3, velocity: Vec3, dt: float) -> Vec3:
+        """Desired world acceleration including gravity compensation (m/s^2), tilt-limited.
+
+        Integrates the velocity error over ``dt`` seconds (anti-windup clamped).
+        """
+        g = self.gains
+        acc = [0.0, 0.0, 0.0]
+        for i in range(3):
+            error = velocity_setpoint[i] - velocity[i]
+            integral = self._vel_integral[i] + g.vel_i * error * dt
+            integral = min(max(integral, -g.vel_i_limit), g.vel_i_limit)
+            self._vel_integral[i] = integral
+            acc[i] = g.vel_p * error + integral
+        acc[2] += self.params.gravity
+        acc[2] = max(acc[2], 0.2 * self.params.gravity)  # never ask to fall faster than ~0.8 g
+        horizontal = math.hypot(acc[0], acc[1])
+        max_horizontal = acc[2] * math.tan(g.max_tilt)
+        if horizontal > max_horizontal:
+            scale = max_horizontal / horizontal
+            acc[0] *= scale
+            acc[1] *= scale
+        return acc[0], acc[1], acc[2]
+
+    # --- inner loops -------------------------------------------------------------------------
+    def acceleration_to_thrust_and_rates(self, acceleration: Vec3, rot: Rot,
+                                         yaw_rate: float) -> tuple[float, float, float, float]:
+        """Collective thrust (N) and body-rate set-point (rad/s) realising ``acceleration``.
+
+        Thrust is the mass times the acceleration projected on the current body z axis; roll and
+        pitch rates turn body z towards the acceleration direction; ``yaw_rate`` passes through.
+        """
+        ax, ay, az = acceleration
+        norm = math.sqrt(ax * ax + ay * ay + az * az)
+        bx, by, bz = rot[2], rot[5], rot[8]  # body z axis in world
+        thrust = self.params.mass * max(ax * bx + ay * by + az * bz, 0.0)
+        dx, dy, dz = ax / norm, ay / norm, az / norm
+        # Rotation vector from body z to the desired z (world), then into the body frame.
+        ex, ey, ez = by * dz - bz * dy, bz * dx - bx * dz, bx * dy - by * dx
+        ebx = rot[0] * ex + rot[3] * ey + rot[6] * ez
+        eby = rot[1] * ex + rot[4] * ey + rot[7] * ez
+        kp = self.gains.att_p
+        return thrust, kp * ebx, kp * eby, yaw_rate
+
+    def rates_to_rpm(self, thrust: float, rate_setpoint: Vec3,
+                     body_rates: Vec3) -> tuple[float, float, float, float]:
+        """Rotor speed commands (rpm) for a collective ``thrust`` (N) and body-rate set-point."""
+        kp = self.gains.rate_p
+        ixx, iyy, izz = self.inertia
+        tx = ixx * kp * (rate_setpoint[0] - body_rates[0])
+        ty = iyy * kp * (rate_setpoint[1] - body_rates[1])
+        tz = izz * kp * (rate_setpoint[2] - body_rates[2])
+        return self.mix(thrust, tx, ty, tz)
+
+    def mix(self, thrust: float, tx: float, ty: float, tz: float) -> tuple[float, float, float, float]:
+        """Rotor speeds (rpm) producing collective ``thrust`` (N) and body torques (N m).
+
+        Each rotor's thrust is clipped to [0, max rotor thrust]: saturation is physical.
+        """
+        kf = self.params.kf
+        limit = self._max_rotor_thrust
+        rpm = []
+        for row in self._unmix:
+            force = row[0] * thrust + row[1] * tx + row[2] * ty + row[3] * tz
+            force = min(max(force, 0.0), limit)
+            rpm.append(math.sqrt(force / kf))
+        return rpm[0], rpm[1], rpm[2], rpm[3]
+
+    def yaw_hold_rate(self, rot: Rot, yaw_setpoint: float = 0.0) -> float:
+        """Yaw-rate set-point (rad/s) that turns the heading towards ``yaw_setpoint`` (rad)."""
+        yaw = math.atan2(rot[3], rot[0])
+        error = (yaw_setpoint - yaw + math.pi) % (2.0 * math.pi) - math.pi
+        return self.gains.yaw_p * error

@@ -1,0 +1,40 @@
+"""Gymnasium wrappers of the suite's envs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+MAX_STEP_DURATION = 1.0  # s, upper bound of the appended observation entry
+
+
+class AppendStepDuration(gym.Wrapper):
+    """Append the true duration of the last env step (s, ``info["dt"]``) as the last observation
+    entry, so a time-aware core (CfC, LTC) can split it off as its elapsed time.
+
+    After ``reset`` the entry is the nominal control period ``1 / ctrl_freq``.
+    Observation shape: ``(F,) -> (F + 1,)``.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"AppendStepDuration needs a flat Box observation space, got {space}")
+        self.observation_space = gym.spaces.Box(
+            np.append(space.low, 0.0).astype(np.float32),
+            np.append(space.high, MAX_STEP_DURATION).astype(np.float32), dtype=np.float32)
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return self._append(obs, info["dt"]), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._append(obs, info["dt"]), reward, terminated, truncated, info
+
+    @staticmethod
+    def _append(obs: np.ndarray, dt: float) -> np.ndarray:
+        return np.append(obs, np.float32(dt)).astype(np.float32)
