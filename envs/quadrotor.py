@@ -88,10 +88,21 @@ class QuadrotorSim:
               velocity: tuple[float, float, float] = (0.0, 0.0, 0.0), rpm: float = 0.0) -> None:
         """Place the drone at ``position`` (m) with heading ``yaw`` (rad), ``velocity`` (m/s),
         zero body rates and all rotors at ``rpm``. No body is reloaded."""
+        cid = self.client
         quaternion = p.getQuaternionFromEuler([0.0, 0.0, yaw])
-        p.resetBasePositionAndOrientation(self.drone, position, quaternion,
-                                          physicsClientId=self.client)
-        p.resetBaseVelocity(self.drone, velocity, [0.0, 0.0, 0.0], physicsClientId=self.client)
+        p.resetBasePositionAndOrientation(self.drone, position, quaternion, physicsClientId=cid)
+        p.resetBaseVelocity(self.drone, velocity, [0.0, 0.0, 0.0], physicsClientId=cid)
+        # Bullet keeps contact manifolds (and their solver warm-start) across repositioning;
+        # filtering the drone's pairs out for one collision pass drops them, so a reset episode
+        # replays bit-identically to one in a fresh client.
+        others = [p.getBodyUniqueId(i, physicsClientId=cid)
+                  for i in range(p.getNumBodies(physicsClientId=cid))]
+        others.remove(self.drone)
+        for enable in (0, 1):
+            for body in others:
+                p.setCollisionFilterPair(self.drone, body, -1, -1, enable, physicsClientId=cid)
+            if not enable:
+                p.performCollisionDetection(physicsClientId=cid)
         self.rpm = [rpm, rpm, rpm, rpm]
         self._read_state()
 

@@ -1,0 +1,112 @@
+"""`liquid-drones bench env`: env steps per second per task and action mode, and memory over resets.
+
+Each row steps one env in this process with uniformly random actions drawn in advance (the
+policy costs nothing), resetting when an episode ends, so the figure is what RL sees: physics,
+inner control loops, observation, reward and the resets that random flight causes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import envs  # noqa: E402
+from agents.reporting import print_rows, write_rows  # noqa: E402
+
+MODES = ("ctbr", "velocity", "motors")
+MEMORY_RESETS = 10_000
+MEMORY_SAMPLES = 10
+
+
+def measure_steps_per_second(env_id: str, mode: str, steps: int, seed: int = 0) -> dict[str, Any]:
+    """Env steps/s of ``env_id`` in action ``mode`` over ``steps`` random-action steps."""
+    env = gym.make(env_id, action=mode)
+    actions = np.random.default_rng(seed).uniform(-1, 1, size=(steps, 4)).astype(np.float32)
+    env.reset(seed=seed)
+    episodes = 1
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+            episodes += 1
+    elapsed = time.perf_counter() - start
+    unwrapped = env.unwrapped
+    env.close()
+    return {"env": env_id.split("/")[-1], "action": mode, "physics_hz": unwrapped.pyb_freq,
+            "control_hz": unwrapped.ctrl_freq, "steps": steps, "episodes": episodes,
+            "steps_per_s": steps / elapsed, "us_per_step": elapsed / steps * 1e6}
+
+
+def measure_reset_memory(env_id: str, resets: int = MEMORY_RESETS) -> list[dict[str, Any]]:
+    """Resident memory (MiB) of this process while one env is reset ``resets`` times."""
+    env = gym.make(env_id)
+    process = psutil.Process(os.getpid())
+    every = max(resets // MEMORY_SAMPLES, 1)
+    env.reset(seed=0)
+    samples = [{"env": env_id.split("/")[-1], "resets": 0,
+                "rss_mib": process.memory_info().rss / 2**20}]
+    for i in tqdm(range(1, resets + 1), desc=f"{env_id} resets", leave=False):
+        env.reset(seed=i)
+        env.step(env.action_space.sample())
+        if i % every == 0:
+            samples.append({"env": env_id.split("/")[-1], "resets": i,
+                            "rss_mib": process.memory_info().rss / 2**20})
+    env.close()
+    return samples
+
+
+def _plot(speed: list[dict[str, Any]], memory: list[dict[str, Any]], path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{r['env']}\n{r['action']}" for r in speed]
+    left.bar(labels, [r["steps_per_s"] for r in speed], color="tab:blue")
+    left.axhline(10_000, color="tab:red", linestyle="--", label="target (Hover ctbr)")
+    left.set_ylabel("env steps / s (one process)")
+    left.set_title("Simulation speed, physics 240 Hz / control 48 Hz")
+    left.legend()
+    for env_name in dict.fromkeys(r["env"] for r in memory):
+        rows = [r for r in memory if r["env"] == env_name]
+        right.plot([r["resets"] for r in rows], [r["rss_mib"] for r in rows], marker="o",
+                   label=env_name)
+    right.set_xlabel("resets")
+    right.set_ylabel("resident memory (MiB)")
+    right.set_title("Memory over resets")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[str, Any]]:
+    """Measure every task x action mode, print the table, write env.csv/json/png in ``out_dir``."""
+    steps = 2_000 if quick else 30_000
+    resets = 500 if quick else MEMORY_RESETS
+    speed = [measure_steps_per_second(env_id, mode, steps)
+             for env_id, mode in tqdm([(e, m) for e in envs.ENV_IDS for m in MODES],
+                                      desc="env speed")]
+    memory = [row for env_id in envs.ENV_IDS for row in measure_reset_memory(env_id, resets)]
+    print_rows(speed, "Env steps per second (single process)")
+    growth = {}
+    for env_name in dict.fromkeys(r["env"] for r in memory):
+        rows = [r for r in memory if r["env"] == env_name]
+        growth[env_name] = rows[-1]["rss_mib"] - rows[1]["rss_mib"]
+    print_rows([{"env": name, "resets": resets, "rss_mib_end": rows[-1]["rss_mib"],
+                 "growth_mib_after_first_sample": growth[name]}
+                for name, rows in ((n, [r for r in memory if r["env"] == n]) for n in growth)],
+               "Resident memory over resets")
+    write_rows(speed, out_dir, "env")
+    write_rows(memory, out_dir, "env_memory")
+    _plot(speed, memory, Path(out_dir) / "env.png")
+    print(f"wrote {out_dir}/env.csv, env.json, env_memory.csv, env.png")
+    return speed

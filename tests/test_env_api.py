@@ -1,0 +1,175 @@
+"""Gymnasium/SB3 conformance, determinism, validation and rendering of the suite's envs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pybullet as p
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from envs.wrappers import AppendStepDuration
+
+MODES = ("motors", "ctbr", "velocity")
+INFO_KEYS = {"is_success", "crashed", "distance_to_goal", "path_length", "dt"}
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_gymnasium_and_sb3_checkers_pass_without_warnings(env_id, mode):
+    env = gym.make(env_id, action=mode, render_mode="rgb_array")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped, skip_render_check=False)
+        sb3_check_env(env.unwrapped, warn=True)
+    env.close()
+
+
+def test_make_with_module_prefix_works_in_a_fresh_process():
+    code = ("import gymnasium as gym; env = gym.make('envs:LiquidDrones/Waypoints-v0'); "
+            "obs, info = env.reset(seed=0); print(obs.shape, env.action_space.shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "(25,) (4,)" in out.stdout
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_default_action_modes_and_observation_sizes(env_id):
+    env = gym.make(env_id)
+    expected = {"LiquidDrones/Hover-v0": ("ctbr", 22), "LiquidDrones/Waypoints-v0": ("velocity", 25)}
+    mode, size = expected[env_id]
+    assert env.unwrapped.action_mode.name == mode
+    assert env.observation_space.shape == (size,)
+    assert env.observation_space.dtype == np.float32
+    env.close()
+
+
+def _trajectory(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    rows = [obs]
+    for action in actions:
+        obs, reward, terminated, truncated, _ = env.step(action)
+        rows.append(np.append(obs, reward))
+        if terminated or truncated:
+            break
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_same_seed_and_actions_give_bit_identical_trajectories(mode):
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(80, 4))
+    env = envs.HoverEnv(action=mode)
+    first = _trajectory(env, 7, actions)
+    _trajectory(env, 8, actions)  # a different episode in between must leave no trace
+    again = _trajectory(env, 7, actions)
+    fresh = _trajectory(envs.HoverEnv(action=mode), 7, actions)
+    assert np.array_equal(first, again)
+    assert np.array_equal(first, fresh)
+    assert not np.array_equal(first, _trajectory(env, 8, actions))
+
+
+def test_reset_repositions_bodies_instead_of_reloading(monkeypatch):
+    env = envs.WaypointsEnv(render_mode="rgb_array")
+    env.reset(seed=0)
+    bodies, drone = env.unwrapped.sim.num_bodies(), env.unwrapped.sim.drone
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("reset must not load a URDF")
+
+    monkeypatch.setattr(p, "loadURDF", no_reload)
+    for seed in range(50):
+        env.reset(seed=seed)
+        env.step(env.action_space.sample())
+    assert env.sim.num_bodies() == bodies
+    assert env.sim.drone == drone
+    env.close()
+
+
+def test_close_disconnects_the_pybullet_client():
+    env = envs.HoverEnv()
+    client = env.sim.client
+    env.close()
+    assert not p.isConnected(physicsClientId=client)
+    env.close()  # idempotent
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_action_raises_value_error(bad):
+    env = envs.HoverEnv()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        env.step(np.array([0.0, bad, 0.0, 0.0], dtype=np.float32))
+
+
+def test_out_of_range_actions_are_clipped_to_the_box():
+    actions = np.random.default_rng(1).uniform(-1, 1, size=(30, 4))
+    clipped = _trajectory(envs.HoverEnv(action="motors"), 0, np.sign(actions))
+    wild = _trajectory(envs.HoverEnv(action="motors"), 0, np.sign(actions) * 7.5)
+    assert np.array_equal(clipped, wild)
+
+
+def test_control_rate_must_divide_physics_rate():
+    with pytest.raises(ValueError, match=r"ctrl_freq=50 .*allowed control rates: \[1, 2, 3, 4, 5, 6, 8"):
+        envs.HoverEnv(ctrl_freq=50)
+
+
+def test_unknown_action_mode_names_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"'thrust'.*\['ctbr', 'motors', 'velocity'\]"):
+        gym.make("LiquidDrones/Hover-v0", action="thrust")
+
+
+def test_unknown_task_argument_names_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"\['num_wayponts'\].*allowed: .*'num_waypoints'"):
+        gym.make("LiquidDrones/Waypoints-v0", num_wayponts=3)
+    with pytest.raises(ValueError, match="num_waypoints must be an integer >= 1, got 0"):
+        envs.WaypointsEnv(num_waypoints=0)
+
+
+@pytest.mark.parametrize(("ctrl_freq", "pyb_freq"), [(24, 240), (48, 240), (96, 480)])
+def test_info_reports_every_key_and_the_true_step_duration(ctrl_freq, pyb_freq):
+    env = envs.WaypointsEnv(ctrl_freq=ctrl_freq, pyb_freq=pyb_freq)
+    _, info = env.reset(seed=0)
+    assert INFO_KEYS | {"waypoints_reached"} <= info.keys()
+    for _ in range(5):
+        _, _, _, _, info = env.step(env.action_space.sample())
+        assert INFO_KEYS | {"waypoints_reached"} <= info.keys()
+        assert info["dt"] == pytest.approx(1.0 / ctrl_freq)
+        assert info["is_success"] is False
+
+
+def test_time_limit_truncates_without_terminating():
+    env = envs.HoverEnv(episode_seconds=0.5, action="velocity")
+    env.reset(seed=0)
+    steps, truncated = 0, False
+    while not truncated:
+        _, _, terminated, truncated, info = env.step(np.zeros(4, dtype=np.float32))
+        assert not terminated
+        steps += 1
+    assert steps == 24
+    assert info["is_success"] is False and info["crashed"] is False
+
+
+def test_append_step_duration_wrapper_adds_dt_as_last_entry():
+    env = AppendStepDuration(envs.HoverEnv(ctrl_freq=24))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (23,) and env.observation_space.contains(obs)
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs[-1] == pytest.approx(1.0 / 24)
+
+
+def test_rgb_array_render_returns_a_chase_camera_frame_that_follows_the_drone():
+    env = envs.HoverEnv(render_mode="rgb_array", action="velocity")
+    env.reset(seed=0)
+    first = env.render()
+    for _ in range(30):
+        env.step(env.expert_action())
+    later = env.render()
+    assert first.shape == (240, 320, 3) and first.dtype == np.uint8
+    assert first.std() > 5  # not a blank image
+    assert np.abs(first.astype(int) - later.astype(int)).mean() > 1
+    assert envs.HoverEnv().render() is None
