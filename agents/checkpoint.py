@@ -1,0 +1,159 @@
+"""Atomic training checkpoints and their verification.
+
+A checkpoint is a folder ``checkpoints/step_<N>/`` holding everything an exact resume needs:
+
+- ``model.zip``: weights, optimiser state and the timestep counter (SB3's own format);
+- ``vecnormalize.pkl``: observation and return normalisation statistics (when used);
+- ``rng.pkl``: Python, NumPy and torch random-generator states;
+- ``manifest.json``: the step and a SHA-256 of every file, written last.
+
+The folder is written under a temporary name and renamed into place with `os.replace`, so a run
+killed mid-write leaves either the previous checkpoints or a complete new one, never half of one.
+A checkpoint whose manifest is missing or whose files do not match it is reported as corrupt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+MANIFEST = "manifest.json"
+PREFIX = "step_"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp_path)`` then rename the result onto ``path`` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random-generator states that training draws from."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": th.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    th.set_rng_state(state["torch"])
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint folder."""
+
+    path: Path
+    step: int
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.zip"
+
+    @property
+    def vecnormalize(self) -> Path | None:
+        path = self.path / "vecnormalize.pkl"
+        return path if path.exists() else None
+
+    def load_rng(self) -> dict[str, Any]:
+        with (self.path / "rng.pkl").open("rb") as handle:
+            return pickle.load(handle)
+
+
+def save_checkpoint(model: BaseAlgorithm, directory: Path, keep: int) -> Checkpoint:
+    """Write a checkpoint of ``model`` (and its VecNormalize) at its current timestep; keep the newest ``keep``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    step = model.num_timesteps
+    final = directory / f"{PREFIX}{step:012d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=directory))
+    try:
+        model.save(tmp / "model.zip")
+        normalizer = model.get_vec_normalize_env()
+        if normalizer is not None:
+            normalizer.save(str(tmp / "vecnormalize.pkl"))
+        with (tmp / "rng.pkl").open("wb") as handle:
+            pickle.dump(rng_state(), handle)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old)
+    return Checkpoint(final, step)
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint folders, oldest first (temporary folders of interrupted writes are skipped)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def verify(path: Path) -> Checkpoint:
+    """Check a checkpoint folder against its manifest.
+
+    :raise CheckpointError: naming the folder and the missing or mismatching file
+    """
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        step, files = int(manifest["step"]), dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {path} is corrupt: unreadable {MANIFEST} ({error})") from None
+    for name in ("model.zip", "rng.pkl"):
+        if name not in files:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {MANIFEST} lists no {name}")
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} is missing")
+        if _sha256(file) != expected:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its checksum")
+    return Checkpoint(path, step)
+
+
+def latest_checkpoint(directory: Path) -> Checkpoint:
+    """The newest checkpoint in ``directory``, verified.
+
+    :raise CheckpointError: if there is none, or the newest one is corrupt (it is not silently
+        skipped: resuming from an older one would repeat training the user may not expect)
+    """
+    found = list_checkpoints(directory)
+    if not found:
+        raise CheckpointError(f"no checkpoint in {directory}: nothing to resume")
+    return verify(found[-1])

@@ -1,0 +1,269 @@
+"""Stable-Baselines3 policies whose memory is one of our recurrent cores.
+
+`CorePolicy` plugs any recurrent core of `policies.build_core` (lstm, gru, cfc, ltc, ncp-cfc,
+ncp-ltc) into `sb3_contrib.RecurrentPPO` without patching sb3-contrib:
+
+- RecurrentPPO stores, slices and pads recurrent states as LSTM pairs ``(hidden, cell)`` of shape
+  ``[n_layers, B, hidden_size]``. A core keeps its whole state in one tensor ``[B, H]``;
+  `CoreSequence` packs it into such a pair by splitting it in two halves (``hidden_size =
+  ceil(H / 2)``, the odd last element padded with a zero), so the rollout buffer holds exactly
+  H (+1) numbers per env step, and unpacks it again losslessly.
+- sb3-contrib runs its LSTM one time step at a time in Python whenever an episode starts inside a
+  training sequence. `CorePolicy._process_sequence` instead hands the whole ``[T, B, F]`` sequence
+  and its episode starts to the core, which resets the state where an episode starts.
+- Time-aware cores (CfC, LTC) can receive the true duration of every step: with
+  ``elapsed_in_obs=True`` the last observation element is taken as that duration in seconds
+  (the env is wrapped with ``envs.wrappers.AppendStepDuration``), split off the core's inputs
+  and passed as ``elapsed``. It must reach the policy unnormalised.
+
+The feed-forward `mlp` core has no state; train it with plain `stable_baselines3.PPO` and its
+``MlpPolicy`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from policies import CORE_NAMES, RecurrentCore, build_core
+
+#: How the critic gets its memory: its own core, the actor's (no gradient from the value loss),
+#: or none (a linear layer on the features).
+CRITIC_MODES = ("separate", "shared", "mlp")
+
+#: Recurrent cores `CorePolicy` accepts (`mlp` has no state: use PPO's MlpPolicy).
+RECURRENT_CORE_NAMES = tuple(name for name in CORE_NAMES if name != "mlp")
+
+#: Smallest step duration handed to a time-aware core, in seconds. Padded steps of a training
+#: batch carry a zero duration; they are masked out of the loss, but LTC divides by the duration.
+MIN_ELAPSED = 1e-4
+
+PackedState = tuple[th.Tensor, th.Tensor]
+
+
+class CoreSequence(nn.Module):
+    """A recurrent core seen through the interface sb3-contrib expects of its ``nn.LSTM``.
+
+    RecurrentPPO reads ``num_layers`` and ``hidden_size`` to size its state buffers; states travel
+    as ``(hidden, cell)`` pairs of ``[1, B, hidden_size]`` holding the two halves of the core state.
+
+    :param core: the recurrent core; its ``input_size`` excludes the step-duration column.
+    :param elapsed_in_obs: the last feature column is the step duration in seconds.
+    """
+
+    num_layers = 1
+
+    def __init__(self, core: RecurrentCore, elapsed_in_obs: bool = False) -> None:
+        super().__init__()
+        if core.state_size <= 0:
+            raise ValueError(f"core {type(core).__name__} has no state; use PPO's MlpPolicy for 'mlp'")
+        self.core = core
+        self.elapsed_in_obs = elapsed_in_obs
+        self.state_size = core.state_size
+        self.hidden_size = math.ceil(core.state_size / 2)
+        self.input_size = core.input_size + int(elapsed_in_obs)
+        self.output_size = core.output_size
+
+    def pack(self, state: th.Tensor) -> PackedState:
+        """``[B, H]`` core state -> ``(hidden, cell)``, each ``[1, B, ceil(H / 2)]``."""
+        padding = 2 * self.hidden_size - self.state_size
+        if padding:
+            state = nn.functional.pad(state, (0, padding))
+        hidden, cell = state.unsqueeze(0).split(self.hidden_size, dim=-1)
+        return hidden.contiguous(), cell.contiguous()
+
+    def unpack(self, packed: PackedState) -> th.Tensor:
+        """Inverse of `pack`: ``(hidden, cell)`` -> ``[B, H]``."""
+        hidden, cell = packed
+        return th.cat((hidden[0], cell[0]), dim=-1)[:, : self.state_size]
+
+    def initial_state(self, batch_size: int) -> PackedState:
+        """The core's initial state for ``batch_size`` sequences, packed."""
+        return self.pack(self.core.initial_state(batch_size))
+
+    def forward(
+        self, features: th.Tensor, packed: PackedState, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, PackedState]:
+        """Run the core over ``features [T, B, F]`` from ``packed`` with resets at ``episode_starts [T, B]``.
+
+        :return: outputs ``[T, B, O]`` and the packed final state.
+        """
+        elapsed = None
+        if self.elapsed_in_obs:
+            features, duration = features[..., :-1], features[..., -1]
+            if self.core.time_aware:
+                elapsed = duration.clamp_min(MIN_ELAPSED)
+        outputs, state = self.core(features, self.unpack(packed), episode_starts, elapsed)
+        return outputs, self.pack(state)
+
+
+class CorePolicy(RecurrentActorCriticPolicy):
+    """Recurrent actor-critic policy for `sb3_contrib.RecurrentPPO` with one of our cores.
+
+    The layout is features -> core -> MLP head (``net_arch``) -> action distribution / value, as in
+    sb3-contrib's ``MlpLstmPolicy``, with the LSTM replaced by ``build_core(core, ...)``.
+
+    :param observation_space: observation space (a flat Box; the last element is the step
+        duration in seconds when ``elapsed_in_obs``)
+    :param action_space: action space
+    :param lr_schedule: learning-rate schedule
+    :param core: core name, one of `RECURRENT_CORE_NAMES`
+    :param core_kwargs: keyword arguments of ``build_core`` (e.g. ``hidden_size``, ``units``, ``seed``)
+    :param critic: ``"separate"`` (own core, default), ``"shared"`` (the actor's core, detached for
+        the value loss) or ``"mlp"`` (no memory: a linear layer on the features)
+    :param elapsed_in_obs: the last observation element is the step duration (seconds); it is split
+        off the core's inputs and fed to time-aware cores as ``elapsed``
+    :param net_arch: MLP head after the core, SB3 format (list, or dict with ``pi`` and ``vf``)
+    :param activation_fn: activation of the MLP head
+    :param ortho_init: orthogonal initialisation of the head (the core keeps its own initialisation)
+    :param use_sde: state-dependent exploration
+    :param log_std_init: initial log standard deviation of the Gaussian actions
+    :param full_std: gSDE: one std per (feature, action) pair
+    :param use_expln: gSDE: ``expln`` instead of ``exp`` for the std
+    :param squash_output: squash actions with tanh (gSDE only)
+    :param features_extractor_class: features extractor (default: flatten)
+    :param features_extractor_kwargs: its keyword arguments
+    :param share_features_extractor: one features extractor for actor and critic
+    :param normalize_images: divide image observations by 255
+    :param optimizer_class: optimiser class (default Adam)
+    :param optimizer_kwargs: optimiser keyword arguments, without the learning rate
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        core: str = "cfc",
+        core_kwargs: dict[str, Any] | None = None,
+        critic: str = "separate",
+        elapsed_in_obs: bool = False,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if core not in RECURRENT_CORE_NAMES:
+            raise ValueError(f"core must be one of {', '.join(RECURRENT_CORE_NAMES)}; got {core!r}")
+        if critic not in CRITIC_MODES:
+            raise ValueError(f"critic must be one of {', '.join(CRITIC_MODES)}; got {critic!r}")
+        if critic == "shared" and not share_features_extractor:
+            raise ValueError("critic='shared' needs share_features_extractor=True")
+        self.core_name = core
+        self.core_kwargs = dict(core_kwargs or {})
+        self.critic_mode = critic
+        self.elapsed_in_obs = elapsed_in_obs
+
+        extractor = features_extractor_class(observation_space, **(features_extractor_kwargs or {}))
+        core_input_size = extractor.features_dim - int(elapsed_in_obs)
+        if core_input_size <= 0:
+            raise ValueError(f"{extractor.features_dim} features leave no core input")
+        actor_core = build_core(core, core_input_size, **self.core_kwargs)
+        # The MLP head is built by ActorCriticPolicy.__init__ on `lstm_output_dim` inputs.
+        self.lstm_output_dim = actor_core.output_size
+
+        # Skip RecurrentActorCriticPolicy.__init__ (it builds nn.LSTMs); build the cores here instead.
+        ActorCriticPolicy.__init__(
+            self,
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            activation_fn,
+            ortho_init,
+            use_sde,
+            log_std_init,
+            full_std,
+            use_expln,
+            squash_output,
+            features_extractor_class,
+            features_extractor_kwargs,
+            share_features_extractor,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+        )
+        self.shared_lstm = critic == "shared"
+        self.enable_critic_lstm = critic == "separate"
+        self.lstm_kwargs: dict[str, Any] = {}
+        self.lstm_actor = CoreSequence(actor_core, elapsed_in_obs)
+        self.lstm_critic = None
+        self.critic = None
+        if critic == "separate":
+            critic_core = build_core(core, core_input_size, **self.core_kwargs)
+            self.lstm_critic = CoreSequence(critic_core, elapsed_in_obs)
+        elif critic == "mlp":
+            self.critic = nn.Linear(self.features_dim, self.lstm_output_dim)
+        # predict() sizes a missing state with this: (n_layers, 1 env, hidden_size)
+        self.lstm_hidden_state_shape = (1, 1, self.lstm_actor.hidden_size)
+        # The parent built the optimiser before the cores existed.
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            core=self.core_name,
+            core_kwargs=self.core_kwargs,
+            critic=self.critic_mode,
+            elapsed_in_obs=self.elapsed_in_obs,
+        )
+        return data
+
+    @staticmethod
+    def _process_sequence(
+        features: th.Tensor,
+        lstm_states: PackedState,
+        episode_starts: th.Tensor,
+        lstm: CoreSequence,
+    ) -> tuple[th.Tensor, PackedState]:
+        """One core call over a whole padded batch of sequences.
+
+        :param features: ``[n_seq * T, F]``, sequence-major as RecurrentPPO's buffer lays it out
+            (``T = 1`` while collecting rollouts)
+        :param lstm_states: packed states at the start of each sequence, ``[1, n_seq, hidden_size]``
+        :param episode_starts: ``[n_seq * T]``, 1 where the state is reset before the step
+        :param lstm: the `CoreSequence` to run
+        :return: outputs ``[n_seq * T, O]`` and the packed final states
+        """
+        n_seq = lstm_states[0].shape[1]
+        sequences = features.reshape(n_seq, -1, features.shape[-1]).transpose(0, 1)
+        starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)
+        outputs, final = lstm(sequences, lstm_states, starts)
+        return outputs.transpose(0, 1).reshape(-1, outputs.shape[-1]), final
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Action(s) and the next packed state; without ``state`` every env starts a new episode.
+
+        The state is the ``(hidden, cell)`` pair of numpy arrays ``[1, n_envs, hidden_size]``
+        returned by the previous call, as with sb3-contrib's LSTM policies.
+        """
+        if state is None:
+            obs = observation[next(iter(observation))] if isinstance(observation, dict) else observation
+            vectorised = obs.ndim > len(self.observation_space.shape or ())
+            episode_start = np.ones(obs.shape[0] if vectorised else 1, dtype=bool)
+        return super().predict(observation, state, episode_start, deterministic)
