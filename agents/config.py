@@ -2,7 +2,8 @@
 
 A config is named after its task file in ``agents/configs/`` (``hover``, ``waypoints``), optionally
 followed by a core (``hover-lstm``, ``waypoints-ncp-ltc``). A task file holds one full
-configuration plus a ``core_overrides`` block per core, merged when that core is chosen.
+configuration plus a ``core_overrides`` block per core, merged when that core is chosen (the
+file's ``policy.core_kwargs`` belong to its own core and are dropped when another is chosen).
 Precedence, lowest first: the defaults below, the task file, its ``core_overrides[core]``, then
 ``--set key=value`` (dotted keys, values parsed as YAML).
 
@@ -348,10 +349,12 @@ def load_config(name_or_path: str = DEFAULT_CONFIG, overrides: list[str] | tuple
         _mapping(f"core_overrides.{core}", block)
 
     parsed = [parse_override(text) for text in overrides]
-    core = named_core or data.get("policy", {}).get("core", PolicyConfig.core)
-    core = next((value for key, value in parsed if key == "policy.core"), core)
+    file_core = data.get("policy", {}).get("core", PolicyConfig.core)
+    core = next((value for key, value in parsed if key == "policy.core"), named_core or file_core)
     _choice(*CORE_NAMES)("policy.core", core)
 
+    if core != file_core:  # the file's core_kwargs belong to its own core
+        data.get("policy", {}).pop("core_kwargs", None)
     data = _merge(data, core_overrides.get(core) or {})
     data.setdefault("policy", {})["core"] = core
     for key, value in parsed:

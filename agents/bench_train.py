@@ -1,0 +1,233 @@
+"""Training benchmarks: `liquid-drones bench train` (throughput) and `bench learn` (time to solve).
+
+``bench train`` times whole ``learn()`` calls (rollouts + updates) on Hover-v0 at identical
+hyper-parameters for sb3-contrib's ``MlpLstmPolicy`` and each of our cores, and reports env steps
+per second and the speed-up over sb3-contrib. Targets (DESIGN.md): our ``lstm`` >= 5x, ``cfc`` >= 3x.
+
+``bench learn`` trains the shipped configs (ncp-cfc, lstm, mlp on Hover and Waypoints) and reports
+the env steps and wall-clock minutes until the policy reaches the success level over 100
+evaluation episodes (Hover >= 95 % within 15 min; Waypoints >= 90 % within 60 min).
+
+Both write a table to the terminal and CSV, JSON and PNG files to ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch as th
+from rich.console import Console
+from rich.table import Table
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import sync_envs_normalization
+
+from agents.callbacks import EvalSummary, evaluate_episodes
+from agents.config import Config, load_config
+from agents.train import build_model, make_vec_env, normalize, uses_time_input
+
+#: Identical PPO settings for every throughput variant (a typical recurrent PPO set-up).
+THROUGHPUT_SETTINGS = [
+    "env.n_envs=8",
+    "env.vec_env=dummy",
+    "algo.n_steps=128",
+    "algo.batch_size=256",
+    "algo.n_epochs=4",
+    "policy.net_arch=[64]",
+    "policy.critic=separate",
+]
+#: Core sizes of the throughput variants; sb3-contrib's LSTM gets the same hidden size as ours.
+THROUGHPUT_CORES = {
+    "lstm": {"hidden_size": 64},
+    "gru": {"hidden_size": 64},
+    "cfc": {"hidden_size": 64},
+    "ltc": {"hidden_size": 32},
+    "ncp-cfc": {"units": 48, "output_size": 16},
+    "ncp-ltc": {"units": 48, "output_size": 16},
+}
+BASELINE = "sb3-contrib MlpLstmPolicy"
+TARGETS = {"lstm": 5.0, "cfc": 3.0}
+
+#: (config, success level) pairs of `bench learn` and their wall-time budgets in minutes.
+LEARN_TARGETS = {"hover": (0.95, 15.0), "waypoints": (0.90, 60.0)}
+LEARN_CORES = ("ncp-cfc", "lstm", "mlp")
+
+
+@dataclass
+class Throughput:
+    variant: str
+    env_steps: int
+    seconds: float
+    steps_per_s: float
+    speedup: float = 1.0
+
+
+def _timed_learn(model: Any, steps: int) -> float:
+    start = time.perf_counter()
+    model.learn(steps)
+    return time.perf_counter() - start
+
+
+def measure_throughput(steps: int, cores: tuple[str, ...] = tuple(THROUGHPUT_CORES), seed: int = 0) -> list[Throughput]:
+    """Time ``learn(steps)`` for sb3-contrib's MlpLstmPolicy and each of ``cores`` on Hover-v0."""
+    th.set_num_threads(1)
+    results = []
+    base = load_config("hover-lstm", THROUGHPUT_SETTINGS + [f"train.seed={seed}", "policy.core_kwargs={hidden_size: 64}"])
+    venv = normalize(make_vec_env(base, base.env.n_envs, seed, time_input=False), base, time_input=False)
+    baseline = RecurrentPPO(
+        "MlpLstmPolicy", venv, n_steps=base.algo.n_steps, batch_size=base.algo.batch_size,
+        n_epochs=base.algo.n_epochs, learning_rate=base.algo.learning_rate, gamma=base.algo.gamma,
+        policy_kwargs={"lstm_hidden_size": 64, "net_arch": [64], "enable_critic_lstm": True},
+        seed=seed, device="cpu",
+    )
+    seconds = _timed_learn(baseline, steps)
+    results.append(Throughput(BASELINE, steps, seconds, steps / seconds))
+    venv.close()
+    for core in cores:
+        config = load_config(f"hover-{core}", THROUGHPUT_SETTINGS + [
+            f"train.seed={seed}", f"policy.core_kwargs={json.dumps(THROUGHPUT_CORES[core])}"])
+        time_input = uses_time_input(config)
+        venv = normalize(make_vec_env(config, config.env.n_envs, seed, time_input), config, time_input)
+        model = build_model(config, venv, None, time_input)
+        seconds = _timed_learn(model, steps)
+        results.append(Throughput(f"ours: {core}", steps, seconds, steps / seconds))
+        venv.close()
+    for result in results:
+        result.speedup = result.steps_per_s / results[0].steps_per_s
+    return results
+
+
+def _write_rows(out_dir: Path, stem: str, rows: list[dict[str, Any]]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / f"{stem}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+
+
+def _bar_chart(path: Path, labels: list[str], values: list[float], xlabel: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+    ax.barh(labels[::-1], values[::-1], color="tab:blue")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main_throughput(out_dir: str = "runs/bench", quick: bool = False) -> list[Throughput]:
+    """`liquid-drones bench train`: the throughput table, CSV/JSON and PNG."""
+    steps = 4096 if quick else 16384
+    results = measure_throughput(steps)
+    table = Table(title=f"learn() throughput on Hover-v0, {steps:,} env steps, 8 envs, 1 torch thread")
+    for column in ("variant", "env steps/s", "seconds", "speed-up", "target"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for r in results:
+        core = r.variant.removeprefix("ours: ")
+        target = f">= {TARGETS[core]:.0f}x" if core in TARGETS else ""
+        table.add_row(r.variant, f"{r.steps_per_s:,.0f}", f"{r.seconds:.1f}", f"{r.speedup:.2f}x", target)
+    Console().print(table)
+    out = Path(out_dir)
+    _write_rows(out, "train_throughput", [asdict(r) for r in results])
+    _bar_chart(out / "train_throughput.png", [r.variant for r in results], [r.steps_per_s for r in results],
+               "env steps / s (whole learn())", "Training throughput, Hover-v0")
+    return results
+
+
+class SuccessLevelStop(BaseCallback):
+    """Every ``freq`` env steps, evaluate ``n_episodes`` and stop once the success rate reaches ``level``."""
+
+    def __init__(self, config: Config, level: float, freq: int, n_episodes: int, budget_s: float) -> None:
+        super().__init__()
+        self.config, self.level, self.freq, self.n_episodes, self.budget_s = config, level, freq, n_episodes, budget_s
+        self.time_input = uses_time_input(config)
+        self.eval_env = None
+        self.last = 0
+        self.start = time.perf_counter()
+        self.reached: tuple[int, float, EvalSummary] | None = None
+        self.latest: EvalSummary | None = None
+
+    def _on_training_start(self) -> None:
+        self.start = time.perf_counter()
+        self.eval_env = normalize(make_vec_env(self.config, 4, self.config.train.seed + 10_000, self.time_input,
+                                               subproc=False), self.config, self.time_input, training=False)
+
+    def _on_step(self) -> bool:
+        return self.reached is None and time.perf_counter() - self.start < self.budget_s
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps - self.last < self.freq or self.reached:
+            return
+        self.last = self.num_timesteps
+        sync_envs_normalization(self.model.get_vec_normalize_env(), self.eval_env)
+        self.latest = EvalSummary.of(evaluate_episodes(self.model, self.eval_env, self.n_episodes, True, 10_000))
+        if self.latest.success_rate >= self.level:
+            self.reached = (self.num_timesteps, (time.perf_counter() - self.start) / 60, self.latest)
+
+    def _on_training_end(self) -> None:
+        if self.eval_env is not None:
+            self.eval_env.close()
+
+
+def time_to_success(name: str, level: float, budget_min: float, eval_freq: int, n_episodes: int) -> dict[str, Any]:
+    """Train config ``name`` until ``level`` success over ``n_episodes`` or ``budget_min`` minutes."""
+    config = load_config(name, ["train.progress_bar=false"])
+    th.set_num_threads(config.train.torch_threads or th.get_num_threads())
+    time_input = uses_time_input(config)
+    venv = normalize(make_vec_env(config, config.env.n_envs, config.train.seed, time_input), config, time_input)
+    model = build_model(config, venv, None, time_input)
+    stop = SuccessLevelStop(config, level, eval_freq, n_episodes, budget_min * 60)
+    started = time.perf_counter()
+    try:
+        model.learn(config.train.total_timesteps, callback=stop)
+    finally:
+        venv.close()
+    minutes = (time.perf_counter() - started) / 60
+    best = stop.reached[2] if stop.reached else stop.latest
+    return {
+        "config": name,
+        "level": level,
+        "reached": stop.reached is not None,
+        "env_steps": stop.reached[0] if stop.reached else model.num_timesteps,
+        "minutes": round(stop.reached[1] if stop.reached else minutes, 2),
+        "budget_min": budget_min,
+        "last_success_rate": None if best is None else best.success_rate,
+    }
+
+
+def main_learn(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[str, Any]]:
+    """`liquid-drones bench learn`: steps and minutes to the success level, per task and core.
+
+    ``quick`` is a smoke run (one config, a 1-minute budget, 20 evaluation episodes).
+    """
+    rows = []
+    for task, (level, budget) in LEARN_TARGETS.items():
+        for core in LEARN_CORES:
+            if quick and (task, core) != ("hover", "ncp-cfc"):
+                continue
+            rows.append(time_to_success(f"{task}-{core}", level, 1.0 if quick else budget,
+                                        eval_freq=8192 if quick else 50_000, n_episodes=20 if quick else 100))
+    table = Table(title="Time to success level (evaluations over 100 episodes)")
+    for column in ("config", "level", "reached", "env steps", "minutes", "budget (min)", "last success"):
+        table.add_column(column, justify="left" if column == "config" else "right")
+    for r in rows:
+        last = "-" if r["last_success_rate"] is None else f"{100 * r['last_success_rate']:.0f} %"
+        table.add_row(r["config"], f"{100 * r['level']:.0f} %", "yes" if r["reached"] else "no",
+                      f"{r['env_steps']:,}", f"{r['minutes']:.1f}", f"{r['budget_min']:.0f}", last)
+    Console().print(table)
+    out = Path(out_dir)
+    _write_rows(out, "learn", rows)
+    _bar_chart(out / "learn.png", [r["config"] for r in rows], [r["minutes"] for r in rows],
+               "wall-clock minutes to the success level (or budget)", "Time to solve")
+    return rows
