@@ -17,6 +17,7 @@ import numpy as np
 
 from envs.actions import ACTION_MODES
 from envs.control import CascadedPID
+from envs.disturbances import Disturbances, EpisodeDisturbance
 from envs.params import CONTROL_HZ, CRAZYFLIE, PHYSICS_HZ, QuadrotorParams
 from envs.quadrotor import QuadrotorSim
 
@@ -31,6 +32,7 @@ BASE_OBSERVATION = (
     ("previous action", 4, 1.0),
 )
 
+IDLE_RPM = (0.0, 0.0, 0.0, 0.0)  # rotor command before any (delayed) action has arrived
 MAX_TILT_COS = math.cos(math.radians(80.0))  # a tilt beyond 80 deg is a crash
 TAKE_OFF_HEIGHT = 0.1  # m: above this the drone has taken off; later ground contact is a crash
 CRASH_PENALTY = 10.0
@@ -52,6 +54,9 @@ class QuadrotorEnv(gym.Env):
         episode_seconds: time limit (s) after which the episode is truncated.
         render_mode: ``None`` or ``"rgb_array"`` (chase-camera frames from :meth:`render`).
         params: airframe constants (default: Crazyflie 2.x).
+        disturbances: :class:`envs.disturbances.Disturbances` (or a dict of its fields): fixed
+            stress levels or per-episode ranges. A ``ctrl_rate`` in it replaces ``ctrl_freq``
+            and raises ``pyb_freq`` to the smallest multiple of it that is >= ``pyb_freq``.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
@@ -64,10 +69,16 @@ class QuadrotorEnv(gym.Env):
     def __init__(self, action: str | None = None, ctrl_freq: int = CONTROL_HZ,
                  pyb_freq: int = PHYSICS_HZ, episode_seconds: float | None = None,
                  render_mode: str | None = None, params: QuadrotorParams = CRAZYFLIE,
+                 disturbances: Disturbances | dict[str, Any] | None = None,
                  **unknown: Any) -> None:
         if unknown:
             raise ValueError(f"unknown argument(s) {sorted(unknown)} for {type(self).__name__}; "
                              f"allowed: {self.argument_names()}")
+        if not isinstance(disturbances, Disturbances):
+            disturbances = Disturbances.from_dict(disturbances)
+        if disturbances.ctrl_rate is not None:
+            ctrl_freq = disturbances.ctrl_rate
+            pyb_freq = math.ceil(pyb_freq / ctrl_freq) * ctrl_freq
         action = self.default_action if action is None else action
         if action not in ACTION_MODES:
             raise ValueError(f"unknown action mode {action!r}; allowed: {sorted(ACTION_MODES)}")
@@ -83,6 +94,9 @@ class QuadrotorEnv(gym.Env):
             raise ValueError(f"unknown render_mode {render_mode!r}; allowed: None, 'rgb_array'")
 
         self.render_mode = render_mode
+        self.disturbances = disturbances
+        self.params = params
+        self.episode_seconds = episode_seconds
         self.ctrl_freq = ctrl_freq
         self.pyb_freq = pyb_freq
         self.substeps = pyb_freq // ctrl_freq
@@ -96,9 +110,12 @@ class QuadrotorEnv(gym.Env):
         layout = BASE_OBSERVATION + self.task_observation
         bounds = np.concatenate([np.full(size, bound) for _, size, bound in layout])
         self._obs_high = bounds.astype(np.float32)
+        self._noisy_entries = np.ones(len(bounds), dtype=bool)  # all but the previous action
+        self._noisy_entries[18:22] = False
         self.observation_space = gym.spaces.Box(-self._obs_high, self._obs_high, dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
         self._previous_action = [0.0, 0.0, 0.0, 0.0]
+        self.range_factor = 1.0
 
     @classmethod
     def argument_names(cls) -> list[str]:
@@ -161,8 +178,19 @@ class QuadrotorEnv(gym.Env):
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        # The disturbance draws come from their own stream, taken first, so the task layout of
+        # a seed is the same at every disturbance level (paired comparisons).
+        disturbance_rng = np.random.default_rng(int(self.np_random.integers(2**63)))
+        self.disturbance = EpisodeDisturbance(self.disturbances, disturbance_rng, self.control_dt,
+                                              self.substeps, self.episode_seconds)
+        self.range_factor = self.disturbance.range
+        airframe = self.params.scaled(self.disturbance.mass, self.disturbance.motor_index,
+                                      self.disturbance.motor_efficiency)
+        if airframe != self.sim.params:
+            self.sim.set_params(airframe)
         start, yaw = self._spawn(self.np_random)
         self.sim.reset(start, yaw)
+        self.sim.wind = self.disturbance.wind()
         self.pid.reset()
         self.expert_pid.reset()
         self._previous_action = [0.0, 0.0, 0.0, 0.0]
@@ -170,16 +198,30 @@ class QuadrotorEnv(gym.Env):
         self._took_off = False
         self.path_length = 0.0
         self._retarget()
-        return self._observation(), self._info(success=False, crashed=False)
+        observation = self.disturbance.observe(self._observation(), self._noisy_entries)
+        return observation, self._info(success=False, crashed=False)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = self._validate_action(action)
-        self.action_mode.command(action)
-        sim = self.sim
+        sim, mode, disturbance = self.sim, self.action_mode, self.disturbance
         start = sim.position
-        for _ in range(self.substeps):
-            sim.step(self.action_mode.rpm(sim))
+        if disturbance.action_delay:
+            for _ in range(self.substeps):
+                delayed = disturbance.delayed_action(action)
+                if delayed is None:
+                    sim.step(IDLE_RPM)
+                else:
+                    mode.command(delayed)
+                    sim.step(mode.rpm(sim))
+        else:
+            mode.command(action)
+            for _ in range(self.substeps):
+                sim.step(mode.rpm(sim))
         self._steps += 1
+        if self._steps * self.control_dt >= disturbance.push_time:
+            sim.push(disturbance.push_velocity)
+            disturbance.push_time = math.inf
+        sim.wind = disturbance.wind()
         self.path_length += math.dist(start, sim.position)
 
         crashed = self._crashed()
@@ -193,7 +235,8 @@ class QuadrotorEnv(gym.Env):
         self._previous_action = action
         terminated = crashed or success
         truncated = not terminated and self._steps >= self.max_steps
-        return (self._observation(), float(reward), terminated, truncated,
+        observation = disturbance.observe(self._observation(), self._noisy_entries)
+        return (observation, float(reward), terminated, truncated,
                 self._info(success=success, crashed=crashed))
 
     def render(self) -> np.ndarray | None:
@@ -228,8 +271,8 @@ class QuadrotorEnv(gym.Env):
             self._took_off = True
         ground, other = sim.contacts()
         return (other or (ground and self._took_off) or sim.rot[8] < MAX_TILT_COS
-                or abs(x) > self.arena_half_width or abs(y) > self.arena_half_width
-                or z > self.arena_height)
+                or max(abs(x), abs(y)) > self.arena_half_width * self.range_factor
+                or z > self.arena_height * self.range_factor)
 
     def _observation(self) -> np.ndarray:
         sim = self.sim

@@ -53,7 +53,8 @@ class HoverEnv(QuadrotorEnv):
     ## Episode End
     1. Termination (success): the hold condition above is met; ``info["is_success"]`` is True.
     2. Termination (crash): ground contact after having climbed above 0.1 m, tilt beyond
-       80 deg, contact with any other body, or leaving the arena (|x| or |y| > 3 m, z > 3 m).
+       80 deg, contact with any other body, or leaving the arena (|x| or |y| > 3 m, z > 3 m, times the
+       ``range`` disturbance factor).
     3. Truncation: ``episode_seconds`` (default 8 s) have elapsed.
 
     ## Info
@@ -64,7 +65,7 @@ class HoverEnv(QuadrotorEnv):
     ``target_radius`` (m, 0.5), ``min_height``/``max_height`` (m, 0.5/1.0), ``hold_seconds``
     (s, 1.0), ``success_radius`` (m, 0.10), ``success_speed`` (m/s, 0.2), plus the shared
     ``action``, ``ctrl_freq`` (Hz, 48), ``pyb_freq`` (Hz, 240), ``episode_seconds``,
-    ``render_mode`` and ``params`` of :class:`envs.base.QuadrotorEnv`.
+    ``render_mode``, ``params`` and ``disturbances`` of :class:`envs.base.QuadrotorEnv`.
     """
 
     default_action = "ctbr"
@@ -94,9 +95,10 @@ class HoverEnv(QuadrotorEnv):
         return self._target
 
     def _spawn(self, rng: np.random.Generator) -> tuple[Position, float]:
-        radius = self.target_radius * math.sqrt(rng.uniform())
+        scale = self.range_factor
+        radius = self.target_radius * math.sqrt(rng.uniform()) * scale
         angle = rng.uniform(-math.pi, math.pi)
-        height = rng.uniform(self.min_height, self.max_height)
+        height = rng.uniform(self.min_height, self.max_height) * scale
         self._target = (radius * math.cos(angle), radius * math.sin(angle), height)
         self._held = 0.0
         return (0.0, 0.0, 0.5 * self.sim.params.collision_height), 0.0

@@ -160,6 +160,13 @@ class QuadrotorSim:
         p.stepSimulation(physicsClientId=cid)
         self._read_state()
 
+    def push(self, velocity_change: tuple[float, float, float]) -> None:
+        """Add ``velocity_change`` (m/s, world) to the drone's velocity at once (an impulse)."""
+        velocity = tuple(v + dv for v, dv in zip(self.velocity, velocity_change))
+        _, omega = p.getBaseVelocity(self.drone, physicsClientId=self.client)
+        p.resetBaseVelocity(self.drone, velocity, omega, physicsClientId=self.client)
+        self._read_state()
+
     def contacts(self) -> tuple[bool, bool]:
         """(touching the ground, touching anything else) after the last step."""
         ground = other = False

@@ -53,7 +53,8 @@ class WaypointsEnv(QuadrotorEnv):
     ## Episode End
     1. Termination (success): the last waypoint is reached; ``info["is_success"]`` is True.
     2. Termination (crash): ground contact after having climbed above 0.1 m, tilt beyond
-       80 deg, contact with any other body, or leaving the arena (|x| or |y| > 3 m, z > 3 m).
+       80 deg, contact with any other body, or leaving the arena (|x| or |y| > 3 m, z > 3 m, times the
+       ``range`` disturbance factor).
     3. Truncation: ``episode_seconds`` (default 20 s) have elapsed.
 
     ## Info
@@ -63,7 +64,7 @@ class WaypointsEnv(QuadrotorEnv):
     ## Arguments
     ``num_waypoints`` (4), ``waypoint_radius`` (m, 0.20), ``half_width`` (m, 2.0),
     ``min_height``/``max_height`` (m, 0.5/2.0), plus the shared ``action``, ``ctrl_freq`` (Hz, 48),
-    ``pyb_freq`` (Hz, 240), ``episode_seconds``, ``render_mode`` and ``params`` of
+    ``pyb_freq`` (Hz, 240), ``episode_seconds``, ``render_mode``, ``params`` and ``disturbances`` of
     :class:`envs.base.QuadrotorEnv`.
     """
 
@@ -104,8 +105,8 @@ class WaypointsEnv(QuadrotorEnv):
         self.waypoints = []
         previous = start
         while len(self.waypoints) < self.num_waypoints:
-            candidate = tuple(float(v) for v in rng.uniform(low, high))
-            if math.dist(candidate, previous) >= MIN_SPACING:
+            candidate = tuple(float(v) * self.range_factor for v in rng.uniform(low, high))
+            if math.dist(candidate, previous) >= MIN_SPACING * self.range_factor:
                 self.waypoints.append(candidate)
                 previous = candidate
         self._reached = 0
