@@ -17,9 +17,10 @@ import numpy as np
 
 from envs.actions import ACTION_MODES
 from envs.control import CascadedPID
-from envs.disturbances import Disturbances, EpisodeDisturbance
+from envs.disturbances import COMMON_AXES, IMAGE_AXES, Disturbances, EpisodeDisturbance
 from envs.params import CONTROL_HZ, CRAZYFLIE, PHYSICS_HZ, QuadrotorParams
 from envs.quadrotor import QuadrotorSim
+from envs.sensors import ForwardCamera
 
 Position = tuple[float, float, float]
 
@@ -57,6 +58,8 @@ class QuadrotorEnv(gym.Env):
         disturbances: :class:`envs.disturbances.Disturbances` (or a dict of its fields): fixed
             stress levels or per-episode ranges. A ``ctrl_rate`` in it replaces ``ctrl_freq``
             and raises ``pyb_freq`` to the smallest multiple of it that is >= ``pyb_freq``.
+        camera: add a forward camera; the observation becomes a Dict ``{"state": Box,
+            "image": Box(0, 255, (48, 64, 3), uint8)}`` (only tasks with ``supports_camera``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
@@ -65,12 +68,15 @@ class QuadrotorEnv(gym.Env):
     arena_half_width = 3.0  # m: |x|, |y| beyond this is leaving the arena
     arena_height = 3.0  # m: z beyond this is leaving the arena
     task_observation: tuple[tuple[str, int, float], ...] = ()
+    task_axes: tuple[str, ...] = ()  # task-specific disturbance axes this env responds to
+    airborne_start = False  # start hovering (rotors at hover speed) instead of on the ground
+    supports_camera = False
 
     def __init__(self, action: str | None = None, ctrl_freq: int = CONTROL_HZ,
                  pyb_freq: int = PHYSICS_HZ, episode_seconds: float | None = None,
                  render_mode: str | None = None, params: QuadrotorParams = CRAZYFLIE,
                  disturbances: Disturbances | dict[str, Any] | None = None,
-                 **unknown: Any) -> None:
+                 camera: bool = False, **unknown: Any) -> None:
         if unknown:
             raise ValueError(f"unknown argument(s) {sorted(unknown)} for {type(self).__name__}; "
                              f"allowed: {self.argument_names()}")
@@ -90,6 +96,9 @@ class QuadrotorEnv(gym.Env):
         episode_seconds = self.default_episode_seconds if episode_seconds is None else episode_seconds
         if not episode_seconds > 0:
             raise ValueError(f"episode_seconds must be > 0, got {episode_seconds!r}")
+        if camera and not self.supports_camera:
+            raise ValueError(f"{type(self).__name__} has no camera option; camera=True is "
+                             f"allowed for the Forest and Follow tasks")
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"unknown render_mode {render_mode!r}; allowed: None, 'rgb_array'")
 
@@ -112,10 +121,23 @@ class QuadrotorEnv(gym.Env):
         self._obs_high = bounds.astype(np.float32)
         self._noisy_entries = np.ones(len(bounds), dtype=bool)  # all but the previous action
         self._noisy_entries[18:22] = False
-        self.observation_space = gym.spaces.Box(-self._obs_high, self._obs_high, dtype=np.float32)
+        state_space = gym.spaces.Box(-self._obs_high, self._obs_high, dtype=np.float32)
+        self.camera = ForwardCamera() if camera else None
+        if self.camera is None:
+            self.observation_space = state_space
+        else:
+            image_shape = (self.camera.height, self.camera.width, 3)
+            self.observation_space = gym.spaces.Dict({
+                "state": state_space,
+                "image": gym.spaces.Box(0, 255, shape=image_shape, dtype=np.uint8)})
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
         self._previous_action = [0.0, 0.0, 0.0, 0.0]
         self.range_factor = 1.0
+
+    @property
+    def disturbance_axes(self) -> tuple[str, ...]:
+        """The disturbance axes this env responds to (see envs/disturbances.py)."""
+        return COMMON_AXES + self.task_axes + (IMAGE_AXES if self.camera else ())
 
     @classmethod
     def argument_names(cls) -> list[str]:
@@ -189,7 +211,7 @@ class QuadrotorEnv(gym.Env):
         if airframe != self.sim.params:
             self.sim.set_params(airframe)
         start, yaw = self._spawn(self.np_random)
-        self.sim.reset(start, yaw)
+        self.sim.reset(start, yaw, rpm=self.params.hover_rpm if self.airborne_start else 0.0)
         self.sim.wind = self.disturbance.wind()
         self.pid.reset()
         self.expert_pid.reset()
@@ -198,8 +220,7 @@ class QuadrotorEnv(gym.Env):
         self._took_off = False
         self.path_length = 0.0
         self._retarget()
-        observation = self.disturbance.observe(self._observation(), self._noisy_entries)
-        return observation, self._info(success=False, crashed=False)
+        return self._observe(), self._info(success=False, crashed=False)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = self._validate_action(action)
@@ -235,8 +256,7 @@ class QuadrotorEnv(gym.Env):
         self._previous_action = action
         terminated = crashed or success
         truncated = not terminated and self._steps >= self.max_steps
-        observation = disturbance.observe(self._observation(), self._noisy_entries)
-        return (observation, float(reward), terminated, truncated,
+        return (self._observe(), float(reward), terminated, truncated,
                 self._info(success=success, crashed=crashed))
 
     def render(self) -> np.ndarray | None:
@@ -250,10 +270,15 @@ class QuadrotorEnv(gym.Env):
 
     # --- expert ------------------------------------------------------------------------------
     def expert_action(self) -> np.ndarray:
-        """The cascaded PID's action towards the current goal, in this env's action mode."""
+        """The expert's action in this env's action mode: the cascaded PID tracking the
+        velocity set-point of :meth:`_expert_velocity`."""
+        return self.action_mode.expert(self.sim, self._expert_velocity(), self.expert_pid,
+                                       self.control_dt)
+
+    def _expert_velocity(self) -> tuple[float, float, float]:
+        """Velocity set-point (m/s) of the expert: the position loop towards the goal."""
         offset = tuple(g - x for g, x in zip(self.goal, self.sim.position))
-        setpoint = self.expert_pid.position_to_velocity(offset)
-        return self.action_mode.expert(self.sim, setpoint, self.expert_pid, self.control_dt)
+        return self.expert_pid.position_to_velocity(offset)
 
     # --- internals ---------------------------------------------------------------------------
     def _validate_action(self, action: np.ndarray) -> list[float]:
@@ -274,7 +299,17 @@ class QuadrotorEnv(gym.Env):
                 or max(abs(x), abs(y)) > self.arena_half_width * self.range_factor
                 or z > self.arena_height * self.range_factor)
 
+    def _observe(self) -> np.ndarray | dict[str, np.ndarray]:
+        """What the policy sees: the state (noisy), the camera image (perturbed), both delayed."""
+        disturbance = self.disturbance
+        state = disturbance.noisy_state(self._observation(), self._noisy_entries)
+        if self.camera is None:
+            return disturbance.delayed_observation(state)
+        image = disturbance.perturbed_image(self.camera.read(self.sim))
+        return disturbance.delayed_observation({"state": state, "image": image})
+
     def _observation(self) -> np.ndarray:
+        """The true state vector (see the task's observation table)."""
         sim = self.sim
         gx, gy, gz = self.goal
         x, y, z = sim.position

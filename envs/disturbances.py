@@ -14,6 +14,14 @@ once per episode (training-time domain randomisation). The nominal value of each
 | `ctrl_rate` | Hz   | control rate of the env (fixed per env; the physics rate becomes the smallest multiple >= nominal) | env's own |
 | `push`      | m/s  | horizontal velocity change in a random direction at a random time in 25-50 % of the episode | 0 |
 | `range`     | x    | goal distance multiplier (the arena grows with it)                | 1 |
+| `density`   | x    | obstacle density multiplier (Forest)                              | 1 |
+| `target_speed` | x | moving-target speed multiplier (Follow)                           | 1 |
+| `brightness` | full scale | added to camera pixels (0-1 scale)                         | 0 |
+| `contrast`  | x    | camera pixels scaled about mid-grey                               | 1 |
+| `pixel_noise` | full scale | Gaussian noise std on camera pixels (0-1 scale)           | 0 |
+
+An env responds to the axes in its ``disturbance_axes``: the first eight everywhere, ``density``
+in Forest, ``target_speed`` in Follow, the last three when it has a camera.
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ import numpy as np
 
 Level = float | tuple[float, float]
 
-AXES = ("wind", "mass", "motor", "obs_noise", "latency", "ctrl_rate", "push", "range")
+COMMON_AXES = ("wind", "mass", "motor", "obs_noise", "latency", "ctrl_rate", "push", "range")
+IMAGE_AXES = ("brightness", "contrast", "pixel_noise")
+AXES = (*COMMON_AXES, "density", "target_speed", *IMAGE_AXES)
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "wind": (0.0, 1.0, 2.0, 3.0, 4.0),
     "mass": (0.8, 1.0, 1.2, 1.4),
@@ -39,12 +49,19 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "ctrl_rate": (24, 48, 96),
     "push": (0.0, 0.5, 1.0),
     "range": (1.0, 1.5, 2.0, 3.0),
+    "density": (1.0, 1.5, 2.0, 2.5),
+    "target_speed": (1.0, 1.5, 2.0, 3.0),
+    "brightness": (0.0, -0.3, 0.15, 0.3),
+    "contrast": (1.0, 0.7, 0.5, 1.5),
+    "pixel_noise": (0.0, 0.02, 0.05, 0.1),
 }
 # (lowest allowed, highest allowed, lower bound inclusive) per randomisable axis.
 _BOUNDS = {
     "wind": (0.0, 20.0, True), "mass": (0.0, 5.0, False), "motor": (0.0, 1.0, False),
     "obs_noise": (0.0, 1.0, True), "latency": (0.0, 1000.0, True), "push": (0.0, 10.0, True),
-    "range": (0.0, 10.0, False),
+    "range": (0.0, 10.0, False), "density": (0.0, 10.0, True),
+    "target_speed": (0.0, 10.0, True), "brightness": (-1.0, 1.0, True),
+    "contrast": (0.0, 10.0, True), "pixel_noise": (0.0, 1.0, True),
 }
 GUST_TIME_CONSTANT = 1.0  # s, correlation time of the gust process
 PUSH_WINDOW = (0.25, 0.5)  # fraction of the episode time limit in which the push happens
@@ -64,6 +81,11 @@ class Disturbances:
     ctrl_rate: int | None = None
     push: Level = 0.0
     range: Level = 1.0
+    density: Level = 1.0
+    target_speed: Level = 1.0
+    brightness: Level = 0.0
+    contrast: Level = 1.0
+    pixel_noise: Level = 0.0
 
     def __post_init__(self) -> None:
         for axis, (low, high, inclusive) in _BOUNDS.items():
@@ -164,6 +186,11 @@ class EpisodeDisturbance:
         self.motor_efficiency = _draw(rng, config.motor)
         self.obs_noise = _draw(rng, config.obs_noise)
         self.range = _draw(rng, config.range)
+        self.density = _draw(rng, config.density)
+        self.target_speed = _draw(rng, config.target_speed)
+        self.brightness = _draw(rng, config.brightness)
+        self.contrast = _draw(rng, config.contrast)
+        self.pixel_noise = _draw(rng, config.pixel_noise)
         push = _draw(rng, config.push)
         angle = rng.uniform(-math.pi, math.pi)
         self.push_velocity = (push * math.cos(angle), push * math.sin(angle), 0.0)
@@ -172,7 +199,7 @@ class EpisodeDisturbance:
         total = round(latency_steps)  # physics steps
         self.observation_delay = (total // 2) // substeps  # control steps
         self.action_delay = total - self.observation_delay * substeps  # physics steps
-        self._observations: deque[np.ndarray] = deque()
+        self._observations: deque[Any] = deque()
         self._actions: deque[list[float] | None] = deque()
 
     @property
@@ -197,12 +224,26 @@ class EpisodeDisturbance:
         self._actions.append(action)
         return self._actions.popleft()
 
-    def observe(self, observation: np.ndarray, noisy_entries: slice | np.ndarray) -> np.ndarray:
-        """The observation the policy sees: noisy and ``observation_delay`` control steps late."""
-        if self.obs_noise > 0:
-            observation = observation.copy()
-            noise = self.rng.normal(0.0, self.obs_noise, size=observation[noisy_entries].shape)
-            observation[noisy_entries] += noise.astype(np.float32)
+    def noisy_state(self, state: np.ndarray, noisy_entries: np.ndarray) -> np.ndarray:
+        """``state`` with Gaussian noise of std ``obs_noise`` on the ``noisy_entries``."""
+        if self.obs_noise == 0:
+            return state
+        noise = self.rng.normal(0.0, self.obs_noise, size=int(noisy_entries.sum()))
+        state = state.copy()
+        state[noisy_entries] += noise.astype(np.float32)
+        return state
+
+    def perturbed_image(self, image: np.ndarray) -> np.ndarray:
+        """Camera ``image`` [H, W, 3] uint8 with contrast, brightness and pixel noise applied."""
+        if self.contrast == 1 and self.brightness == 0 and self.pixel_noise == 0:
+            return image
+        pixels = (image.astype(np.float32) / 255.0 - 0.5) * self.contrast + 0.5 + self.brightness
+        if self.pixel_noise > 0:
+            pixels += self.rng.normal(0.0, self.pixel_noise, size=pixels.shape).astype(np.float32)
+        return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    def delayed_observation(self, observation: Any) -> Any:
+        """The observation ``observation_delay`` control steps late (the first one repeated)."""
         if not self.observation_delay:
             return observation
         if not self._observations:

@@ -30,6 +30,7 @@ URDF_PATH = str(resources.files("envs.assets") / "cf2x.urdf")
 RPM_TO_RAD_S = 2.0 * math.pi / 60.0
 GROUND_EFFECT_MAX_HEIGHT = 0.5  # m: above this the ground-effect gain is < 0.2 % and skipped
 GROUND_HALF_EXTENT = 50.0  # m, half side of the rendered ground tile
+PARKED = (0.0, 0.0, -50.0)  # m, where unused static bodies wait (below the ground plane)
 
 
 class QuadrotorSim:
@@ -177,6 +178,30 @@ class QuadrotorSim:
                 other = True
         return ground, other
 
+    def add_cylinder(self, radius: float, height: float,
+                     rgba: tuple[float, float, float, float] = (0.45, 0.3, 0.15, 1.0)) -> int:
+        """A static, colliding vertical cylinder (radius, height in m), parked out of the way
+        below the ground; place it with :meth:`place`. Returns its body id."""
+        cid = self.client
+        shape = p.createCollisionShape(p.GEOM_CYLINDER, radius=radius, height=height,
+                                       physicsClientId=cid)
+        visual = p.createVisualShape(p.GEOM_CYLINDER, radius=radius, length=height,
+                                     rgbaColor=rgba, physicsClientId=cid)
+        return p.createMultiBody(0.0, shape, visual, basePosition=PARKED, physicsClientId=cid)
+
+    def add_visual_sphere(self, radius: float,
+                          rgba: tuple[float, float, float, float] = (0.9, 0.1, 0.1, 1.0)) -> int:
+        """A visual-only sphere (seen by cameras, not by physics or rays). Returns its body id."""
+        cid = self.client
+        visual = p.createVisualShape(p.GEOM_SPHERE, radius=radius, rgbaColor=rgba,
+                                     physicsClientId=cid)
+        return p.createMultiBody(0.0, -1, visual, basePosition=PARKED, physicsClientId=cid)
+
+    def place(self, body: int, position: tuple[float, float, float] | None = None) -> None:
+        """Move a static body to ``position`` (m), or park it out of the way when None."""
+        p.resetBasePositionAndOrientation(body, PARKED if position is None else position,
+                                          (0.0, 0.0, 0.0, 1.0), physicsClientId=self.client)
+
     def set_markers(self, positions: list[tuple[float, float, float]],
                     radius: float = 0.05) -> None:
         """Show visual-only spheres (no collision, no effect on physics) at ``positions`` (m)."""
@@ -185,11 +210,8 @@ class QuadrotorSim:
             shape = p.createVisualShape(p.GEOM_SPHERE, radius=radius,
                                         rgbaColor=[1.0, 0.55, 0.0, 0.9], physicsClientId=cid)
             self._markers.append(p.createMultiBody(0.0, -1, shape, physicsClientId=cid))
-        hidden = (0.0, 0.0, -10.0)
         for i, marker in enumerate(self._markers):
-            where = positions[i] if i < len(positions) else hidden
-            p.resetBasePositionAndOrientation(marker, where, (0.0, 0.0, 0.0, 1.0),
-                                              physicsClientId=cid)
+            self.place(marker, positions[i] if i < len(positions) else None)
 
     def render_chase(self, width: int = 320, height: int = 240) -> np.ndarray:
         """RGB frame [height, width, 3] uint8 from a camera 0.8 m behind and above the drone,

@@ -41,7 +41,8 @@ def test_make_with_module_prefix_works_in_a_fresh_process():
 @pytest.mark.parametrize("env_id", envs.ENV_IDS)
 def test_default_action_modes_and_observation_sizes(env_id):
     env = gym.make(env_id)
-    expected = {"LiquidDrones/Hover-v0": ("ctbr", 22), "LiquidDrones/Waypoints-v0": ("velocity", 25)}
+    expected = {"LiquidDrones/Hover-v0": ("ctbr", 22), "LiquidDrones/Waypoints-v0": ("velocity", 25),
+                "LiquidDrones/Forest-v0": ("velocity", 54), "LiquidDrones/Follow-v0": ("velocity", 25)}
     mode, size = expected[env_id]
     assert env.unwrapped.action_mode.name == mode
     assert env.observation_space.shape == (size,)
