@@ -25,13 +25,20 @@ import envs  # noqa: E402
 from agents.reporting import print_rows, write_rows  # noqa: E402
 
 MODES = ("ctbr", "velocity", "motors")
+# (env id, constructor kwargs): every task x action mode for Hover and Waypoints, and the sensor
+# tasks in their default mode with and without the camera.
+CASES: tuple[tuple[str, dict[str, Any]], ...] = (
+    *((env_id, {"action": mode}) for env_id in envs.ENV_IDS[:2] for mode in MODES),
+    *((env_id, {"camera": camera}) for env_id in envs.ENV_IDS[2:] for camera in (False, True)),
+)
 MEMORY_RESETS = 10_000
 MEMORY_SAMPLES = 10
 
 
-def measure_steps_per_second(env_id: str, mode: str, steps: int, seed: int = 0) -> dict[str, Any]:
-    """Env steps/s of ``env_id`` in action ``mode`` over ``steps`` random-action steps."""
-    env = gym.make(env_id, action=mode)
+def measure_steps_per_second(env_id: str, kwargs: dict[str, Any], steps: int,
+                             seed: int = 0) -> dict[str, Any]:
+    """Env steps/s of ``gym.make(env_id, **kwargs)`` over ``steps`` random-action steps."""
+    env = gym.make(env_id, **kwargs)
     actions = np.random.default_rng(seed).uniform(-1, 1, size=(steps, 4)).astype(np.float32)
     env.reset(seed=seed)
     episodes = 1
@@ -44,7 +51,10 @@ def measure_steps_per_second(env_id: str, mode: str, steps: int, seed: int = 0) 
     elapsed = time.perf_counter() - start
     unwrapped = env.unwrapped
     env.close()
-    return {"env": env_id.split("/")[-1], "action": mode, "physics_hz": unwrapped.pyb_freq,
+    sensors = "rays" if hasattr(unwrapped, "range_sensor") else "state"
+    return {"env": env_id.split("/")[-1], "action": unwrapped.action_mode.name,
+            "observation": sensors + (" + camera" if unwrapped.camera else ""),
+            "physics_hz": unwrapped.pyb_freq,
             "control_hz": unwrapped.ctrl_freq, "steps": steps, "episodes": episodes,
             "steps_per_s": steps / elapsed, "us_per_step": elapsed / steps * 1e6}
 
@@ -68,12 +78,13 @@ def measure_reset_memory(env_id: str, resets: int = MEMORY_RESETS) -> list[dict[
 
 
 def _plot(speed: list[dict[str, Any]], memory: list[dict[str, Any]], path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [f"{r['env']}\n{r['action']}" for r in speed]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5), width_ratios=(2, 1))
+    labels = [f"{r['env']}\n{r['action']}\n{r['observation']}" for r in speed]
     left.bar(labels, [r["steps_per_s"] for r in speed], color="tab:blue")
     left.axhline(10_000, color="tab:red", linestyle="--", label="target (Hover ctbr)")
     left.set_ylabel("env steps / s (one process)")
     left.set_title("Simulation speed, physics 240 Hz / control 48 Hz")
+    left.tick_params(axis="x", labelsize=7)
     left.legend()
     for env_name in dict.fromkeys(r["env"] for r in memory):
         rows = [r for r in memory if r["env"] == env_name]
@@ -92,9 +103,8 @@ def main(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[str, Any
     """Measure every task x action mode, print the table, write env.csv/json/png in ``out_dir``."""
     steps = 2_000 if quick else 30_000
     resets = 500 if quick else MEMORY_RESETS
-    speed = [measure_steps_per_second(env_id, mode, steps)
-             for env_id, mode in tqdm([(e, m) for e in envs.ENV_IDS for m in MODES],
-                                      desc="env speed")]
+    speed = [measure_steps_per_second(env_id, kwargs, steps // 5 if kwargs.get("camera") else steps)
+             for env_id, kwargs in tqdm(CASES, desc="env speed")]
     memory = [row for env_id in envs.ENV_IDS for row in measure_reset_memory(env_id, resets)]
     print_rows(speed, "Env steps per second (single process)")
     growth = {}
