@@ -222,22 +222,26 @@ class EvalEvery(AtRolloutBoundary):
         for key in ("success_rate", "crash_rate", "mean_reward", "mean_length"):
             self.logger.record(f"eval/{key}", getattr(summary, key))
         self.logger.dump(self.num_timesteps)
-        row = {
-            "timesteps": self.num_timesteps,
-            "success_rate": summary.success_rate,
-            "crash_rate": summary.crash_rate,
-            "mean_reward": summary.mean_reward,
-            "std_reward": summary.std_reward,
-            "mean_length": summary.mean_length,
-            "wall_time_s": round(time.time() - self.start, 1),
-        }
-        append_row(self.csv_path, row)
+        append_row(self.csv_path, eval_row(self.num_timesteps, summary, time.time() - self.start))
         score = (summary.success_rate, summary.mean_reward)
         if self.best is None or score > self.best:
             self.best = score
             atomic_write(self.run_dir / "best_model.zip", self.model.save)
             if train_env is not None:
                 atomic_write(self.run_dir / "best_vecnormalize.pkl", lambda p: train_env.save(str(p)))
+
+
+def eval_row(timesteps: int, summary: EvalSummary, wall_time_s: float) -> dict[str, Any]:
+    """One line of eval.csv."""
+    return {
+        "timesteps": timesteps,
+        "success_rate": summary.success_rate,
+        "crash_rate": summary.crash_rate,
+        "mean_reward": summary.mean_reward,
+        "std_reward": summary.std_reward,
+        "mean_length": summary.mean_length,
+        "wall_time_s": round(wall_time_s, 1),
+    }
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

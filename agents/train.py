@@ -38,6 +38,8 @@ from agents.callbacks import (
     EvalEvery,
     EvalSummary,
     RolloutStatsCallback,
+    append_row,
+    eval_row,
     evaluate_episodes,
     plot_training_curve,
     truncate_rows,
@@ -222,6 +224,7 @@ def train(
                 f"or its training data (may change: {', '.join(RESUMABLE_PREFIXES)})"
             )
         ckpt = latest_checkpoint(run_dir / "checkpoints")
+    run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
 
     seed = config.train.seed + (ckpt.step if ckpt else 0)
@@ -265,7 +268,6 @@ def train(
         normalizer = model.get_vec_normalize_env()
         if normalizer is not None:
             atomic_write(run_dir / "vecnormalize.pkl", lambda p: normalizer.save(str(p)))
-        plot_training_curve(run_dir / "eval.csv", run_dir / "training_curve.png", run_dir.name)
 
         final = None
         if config.eval.final_episodes:
@@ -275,6 +277,8 @@ def train(
                                                      config.eval.deterministic, config.train.seed + EVAL_SEED_OFFSET))
             result = {"timesteps": model.num_timesteps, **final.as_dict()}
             atomic_write(run_dir / "final_eval.json", lambda p: p.write_text(json.dumps(result, indent=1)))
+            append_row(run_dir / "eval.csv", eval_row(model.num_timesteps, final, time.time() - started))
+        plot_training_curve(run_dir / "eval.csv", run_dir / "training_curve.png", run_dir.name)
     finally:
         venv.close()
         eval_env.close()
