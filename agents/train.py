@@ -22,7 +22,7 @@ import torch as th
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import (
@@ -44,7 +44,14 @@ from agents.callbacks import (
     plot_training_curve,
     truncate_rows,
 )
-from agents.checkpoint import CheckpointError, atomic_write, latest_checkpoint, save_checkpoint, set_rng_state
+from agents.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write,
+    latest_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from agents.config import (
     RESUMABLE_PREFIXES,
     Config,
@@ -214,76 +221,100 @@ def train(
     if config.train.torch_threads:
         th.set_num_threads(config.train.torch_threads)
     time_input = uses_time_input(config)
-    ckpt = None
-    if resume:
-        saved = read_run_config(run_dir / "config.yaml")
-        changed = incompatible_keys(saved, config)
-        if changed:
-            raise ConfigError(
-                f"cannot resume {run_dir} with a different {', '.join(changed)}: these keys fix the model "
-                f"or its training data (may change: {', '.join(RESUMABLE_PREFIXES)})"
-            )
-        ckpt = latest_checkpoint(run_dir / "checkpoints")
+    ckpt = checkpoint_to_resume(config, run_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
 
-    seed = config.train.seed + (ckpt.step if ckpt else 0)
-    raw_env = make_vec_env(config, config.env.n_envs, seed, time_input)
-    if ckpt is None:
-        venv = normalize(raw_env, config, time_input)
-        model = build_model(config, venv, run_dir, time_input)
-    else:
-        venv = raw_env
-        if ckpt.vecnormalize is not None:
-            venv = VecNormalize.load(str(ckpt.vecnormalize), raw_env)
-        try:
-            model = algorithm_class(config).load(ckpt.model, env=venv, device=config.train.device)
-        except Exception as error:  # SB3 raises many kinds on a bad zip
-            raise CheckpointError(f"checkpoint {ckpt.path} cannot be loaded: {error}") from error
-        if model.num_timesteps != ckpt.step:
-            raise CheckpointError(f"checkpoint {ckpt.path} holds step {model.num_timesteps}, not {ckpt.step}")
-        model.tensorboard_log = str(run_dir / "tb")
-        set_rng_state(ckpt.load_rng())
-        truncate_rows(run_dir / "eval.csv", ckpt.step)
-        log(f"resuming {run_dir} from step {ckpt.step:,}")
-
+    # A resumed run draws new episodes: its envs are seeded past the steps already taken.
+    venv = make_vec_env(config, config.env.n_envs, config.train.seed + (ckpt.step if ckpt else 0), time_input)
     eval_env = normalize(make_vec_env(config, min(config.env.n_envs, 4), config.train.seed + EVAL_SEED_OFFSET,
                                       time_input, subproc=False), config, time_input, training=False)
-    callbacks = [RolloutStatsCallback()]
+    try:
+        if ckpt is None:
+            model = build_model(config, normalize(venv, config, time_input), run_dir, time_input)
+        else:
+            model = restore(ckpt, config, venv, run_dir)
+            log(f"resuming {run_dir} from step {ckpt.step:,}")
+        remaining = config.train.total_timesteps - model.num_timesteps
+        if remaining > 0:
+            model.learn(remaining, callback=training_callbacks(config, run_dir, eval_env), tb_log_name="run",
+                        reset_num_timesteps=ckpt is None, progress_bar=config.train.progress_bar)
+        save_run(model, config, run_dir)
+        final = final_evaluation(model, eval_env, config, run_dir, time.time() - started)
+    finally:
+        venv.close()
+        eval_env.close()
+
+    minutes = (time.time() - started) / 60
+    log(f"trained {model.num_timesteps:,} env steps in {minutes:.1f} min -> {run_dir}")
+    if final is not None:
+        log(f"final evaluation: {final}")
+    return TrainResult(run_dir, model.num_timesteps, minutes, final)
+
+
+def checkpoint_to_resume(config: Config, run_dir: Path) -> Checkpoint:
+    """The newest checkpoint of ``run_dir``, after checking ``config`` may continue that run."""
+    changed = incompatible_keys(read_run_config(run_dir / "config.yaml"), config)
+    if changed:
+        raise ConfigError(
+            f"cannot resume {run_dir} with a different {', '.join(changed)}: these keys fix the model "
+            f"or its training data (may change: {', '.join(RESUMABLE_PREFIXES)})"
+        )
+    return latest_checkpoint(run_dir / "checkpoints")
+
+
+def restore(ckpt: Checkpoint, config: Config, venv: VecEnv, run_dir: Path) -> BaseAlgorithm:
+    """Model, optimiser, counters, normalisation statistics and RNG states of ``ckpt``, on ``venv``."""
+    if ckpt.vecnormalize is not None:
+        venv = VecNormalize.load(str(ckpt.vecnormalize), venv)
+    try:
+        model = algorithm_class(config).load(ckpt.model, env=venv, device=config.train.device)
+    except Exception as error:  # SB3 raises many kinds on a bad zip
+        raise CheckpointError(f"checkpoint {ckpt.path} cannot be loaded: {error}") from error
+    if model.num_timesteps != ckpt.step:
+        raise CheckpointError(f"checkpoint {ckpt.path} holds step {model.num_timesteps}, not {ckpt.step}")
+    model.tensorboard_log = str(run_dir / "tb")
+    set_rng_state(ckpt.load_rng())
+    truncate_rows(run_dir / "eval.csv", ckpt.step)
+    return model
+
+
+def training_callbacks(config: Config, run_dir: Path, eval_env: VecEnv) -> CallbackList:
+    """Rollout statistics, periodic evaluation (best model) and checkpoints, as configured."""
+    callbacks: list[BaseCallback] = [RolloutStatsCallback()]
     if config.eval.freq:
         callbacks.append(EvalEvery(config.eval.freq, eval_env, config.eval.n_episodes, run_dir,
                                    run_dir / "eval.csv", config.eval.deterministic,
                                    config.train.seed + EVAL_SEED_OFFSET))
     if config.checkpoint.freq:
         callbacks.append(CheckpointEvery(config.checkpoint.freq, run_dir / "checkpoints", config.checkpoint.keep))
+    return CallbackList(callbacks)
 
-    remaining = config.train.total_timesteps - model.num_timesteps
-    try:
-        if remaining > 0:
-            model.learn(remaining, callback=CallbackList(callbacks), tb_log_name="run",
-                        reset_num_timesteps=ckpt is None, progress_bar=config.train.progress_bar)
-        if config.checkpoint.freq:  # so that a longer --resume continues from here
-            save_checkpoint(model, run_dir / "checkpoints", config.checkpoint.keep)
-        atomic_write(run_dir / "model.zip", model.save)
+
+def save_run(model: BaseAlgorithm, config: Config, run_dir: Path) -> None:
+    """model.zip and vecnormalize.pkl, plus a final checkpoint so that a longer --resume continues here."""
+    if config.checkpoint.freq:
+        save_checkpoint(model, run_dir / "checkpoints", config.checkpoint.keep)
+    atomic_write(run_dir / "model.zip", model.save)
+    normalizer = model.get_vec_normalize_env()
+    if normalizer is not None:
+        atomic_write(run_dir / "vecnormalize.pkl", lambda p: normalizer.save(str(p)))
+
+
+def final_evaluation(
+    model: BaseAlgorithm, eval_env: VecEnv, config: Config, run_dir: Path, wall_time_s: float
+) -> EvalSummary | None:
+    """Evaluate ``eval.final_episodes`` episodes into final_eval.json and eval.csv; draw the curve."""
+    final = None
+    if config.eval.final_episodes:
         normalizer = model.get_vec_normalize_env()
         if normalizer is not None:
-            atomic_write(run_dir / "vecnormalize.pkl", lambda p: normalizer.save(str(p)))
-
-        final = None
-        if config.eval.final_episodes:
-            if normalizer is not None:
-                sync_envs_normalization(normalizer, eval_env)
-            final = EvalSummary.of(evaluate_episodes(model, eval_env, config.eval.final_episodes,
-                                                     config.eval.deterministic, config.train.seed + EVAL_SEED_OFFSET))
-            result = {"timesteps": model.num_timesteps, **final.as_dict()}
-            atomic_write(run_dir / "final_eval.json", lambda p: p.write_text(json.dumps(result, indent=1)))
-            append_row(run_dir / "eval.csv", eval_row(model.num_timesteps, final, time.time() - started))
-        plot_training_curve(run_dir / "eval.csv", run_dir / "training_curve.png", run_dir.name)
-    finally:
-        venv.close()
-        eval_env.close()
-    minutes = (time.time() - started) / 60
-    log(f"trained {model.num_timesteps:,} env steps in {minutes:.1f} min -> {run_dir}")
-    if final is not None:
-        log(f"final evaluation: {final}")
-    return TrainResult(run_dir, model.num_timesteps, minutes, final)
+            sync_envs_normalization(normalizer, eval_env)
+        episodes = evaluate_episodes(model, eval_env, config.eval.final_episodes, config.eval.deterministic,
+                                     config.train.seed + EVAL_SEED_OFFSET)
+        final = EvalSummary.of(episodes)
+        result = {"timesteps": model.num_timesteps, **final.as_dict()}
+        atomic_write(run_dir / "final_eval.json", lambda p: p.write_text(json.dumps(result, indent=1)))
+        append_row(run_dir / "eval.csv", eval_row(model.num_timesteps, final, wall_time_s))
+    plot_training_curve(run_dir / "eval.csv", run_dir / "training_curve.png", run_dir.name)
+    return final
