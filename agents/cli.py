@@ -57,6 +57,58 @@ def _train(args: argparse.Namespace) -> None:
         sys.exit(f"error: {error}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from agents import evaluate
+
+    evaluate.main(args)
+
+
+def _stress(args: argparse.Namespace) -> None:
+    from agents import stress
+
+    stress.main(args)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from agents import compare
+
+    compare.main(args)
+
+
+def _add_flight_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every verb that flies closed-loop episodes (evaluate, stress, compare)."""
+    from agents.evaluate import DEFAULT_BATCH, DEFAULT_EPISODES, DEFAULT_SEED
+    from agents.parallel import BACKENDS
+
+    parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES,
+                        help=f"episodes per setting (default {DEFAULT_EPISODES})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of the first episode; episode i uses seed + i (default {DEFAULT_SEED})")
+    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the policy mean")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                        help=f"envs stepped together per job (default {DEFAULT_BATCH})")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local process pool (default), Ray, or serial in this process")
+    parser.add_argument("--workers", type=int, help="parallel workers (default: the CPU count)")
+    parser.add_argument("--address", help="Ray cluster address (with --backend ray; default: a local Ray)")
+    parser.add_argument("--env", help="env of the PID expert when no run is given (default Hover-v0)")
+    parser.add_argument("--action", help="action mode of the PID expert (motors, ctbr, velocity)")
+    parser.add_argument("--root", default="runs", help="output root folder")
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the verbs that sweep disturbance levels (stress, compare)."""
+    parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders written by train")
+    parser.add_argument("--expert", action="store_true", help="add the cascaded-PID expert as a baseline")
+    parser.add_argument("--axes", action="append", metavar="AXIS[,AXIS]",
+                        help="disturbance axes to sweep (default: every axis the env responds to); repeatable")
+    parser.add_argument("--levels", action="append", default=[], metavar="AXIS=V1,V2,...",
+                        help="levels of one axis instead of its defaults; repeatable")
+    parser.add_argument("--out", help="output folder (default: <root>/<verb>-<timestamp>)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    _add_flight_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(
@@ -85,6 +137,45 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument("--seed", type=int, help="seed (same as --set train.seed=N)")
     train.set_defaults(func=_train)
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="closed-loop episodes of a run (or the PID expert): metrics, trajectories, video",
+        description="Fly episodes with a trained run (or --agent expert) and write episodes.csv, "
+        "metrics.json, trajectories.png and, with --video, a video; default folder RUN_DIR/eval-<setting>.",
+    )
+    evaluate.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run folder written by train")
+    evaluate.add_argument("--agent", choices=("policy", "expert"), default="policy",
+                          help="who flies: the run's policy (default) or the env's cascaded-PID expert")
+    evaluate.add_argument("--disturb", action="append", default=[], metavar="AXIS=VALUE",
+                          help="disturbance level (e.g. wind=3; AXIS=LOW:HIGH draws per episode); repeatable")
+    evaluate.add_argument("--video", action="store_true", help="also record the first episodes (MP4, else GIF)")
+    from agents.evaluate import VIDEO_EPISODES
+
+    evaluate.add_argument("--video-episodes", type=int, default=VIDEO_EPISODES,
+                          help=f"episodes in the video (default {VIDEO_EPISODES})")
+    evaluate.add_argument("--out", help="output folder")
+    _add_flight_options(evaluate)
+    evaluate.set_defaults(func=_evaluate)
+
+    stress = verbs.add_parser(
+        "stress",
+        help="success vs disturbance level per axis for runs (and the expert), paired seeds",
+        description="Sweep each disturbance axis over its levels with the same episode seeds for every "
+        "run and level; writes episodes.csv, results.csv, summary.json, robustness.png and report.md.",
+    )
+    _add_sweep_options(stress)
+    stress.set_defaults(func=_stress)
+
+    compare = verbs.add_parser(
+        "compare",
+        help="runs side by side: core, parameters, in-distribution and OOD success, training cost",
+        description="Compare runs from one paired stress test (flown into <out>/stress unless --stress "
+        "names a finished one); writes compare.csv, compare.md and compare.png.",
+    )
+    compare.add_argument("--stress", metavar="STRESS_DIR", help="reuse this finished stress test")
+    _add_sweep_options(compare)
+    compare.set_defaults(func=_compare)
     return parser
 
 

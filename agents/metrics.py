@@ -8,12 +8,13 @@ One flown episode is an `EpisodeResult`; a set of them summarises into a `Summar
 | `crash_rate`        | crashed episodes / episodes                                             |
 | `timeout_rate`      | episodes truncated at the time limit / episodes                         |
 | `error_rate`        | episodes that raised (no outcome; counted as failures, never dropped)   |
-| `spl`               | mean of S * L_shortest / max(L_flown, L_shortest) (Anderson et al. 2018); NaN where the goal moves (Follow) |
+| `spl`               | mean of S * L_shortest / max(L_flown, L_shortest) (Anderson et al. 2018) |
 | `time_to_goal_s`    | mean episode time of the successful episodes (s; NaN if none)           |
 | `final_distance_m`  | mean distance to the current goal at the last step (m)                  |
 | `action_smoothness` | mean over steps t >= 1 and action entries of |a_t - a_{t-1}| (actions in [-1, 1]) |
 
-Exactly one of success, crash, timeout and error holds per episode, so the four rates sum to 1.
+SPL is NaN where the goal moves (Follow: no shortest path). Exactly one of success, crash,
+timeout and error holds per episode, so the four rates sum to 1.
 An episode that raised counts in the denominator of every rate: an error can only lower a
 success rate, never raise it.
 
@@ -241,11 +242,15 @@ def paired_bootstrap(outcomes: np.ndarray, resamples: int = 2000, seed: int = 0)
     return weights @ augmented.T
 
 
-def interval(samples: np.ndarray) -> tuple[float, float]:
-    """Central 95 % interval (2.5th and 97.5th percentiles) of bootstrap samples."""
+def interval(samples: np.ndarray, point: float | None = None) -> tuple[float, float]:
+    """Central 95 % interval (2.5th and 97.5th percentiles) of bootstrap samples, widened to
+    contain ``point`` when given (at 0 or E successes out of E the Jeffreys posterior excludes
+    the observed rate itself; Brown, Cai & DasGupta 2001 set the bound to it there)."""
     samples = np.asarray(samples, dtype=float)
     samples = samples[~np.isnan(samples)]
     if not len(samples):
         return math.nan, math.nan
     low, high = np.percentile(samples, [2.5, 97.5])
+    if point is not None and not math.isnan(point):
+        low, high = min(low, point), max(high, point)
     return float(low), float(high)
