@@ -31,16 +31,9 @@ from agents.callbacks import EvalSummary, evaluate_episodes
 from agents.config import Config, load_config
 from agents.train import build_model, make_vec_env, normalize, uses_time_input
 
-#: Identical PPO settings for every throughput variant (a typical recurrent PPO set-up).
-THROUGHPUT_SETTINGS = [
-    "env.n_envs=8",
-    "env.vec_env=dummy",
-    "algo.n_steps=128",
-    "algo.batch_size=256",
-    "algo.n_epochs=4",
-    "policy.net_arch=[64]",
-    "policy.critic=separate",
-]
+#: Every variant trains with the PPO settings of agents/configs/hover.yaml (n_steps 256, batch
+#: 1024, 8 epochs, separate actor and critic memories) on 8 in-process envs.
+THROUGHPUT_SETTINGS = ["env.n_envs=8", "env.vec_env=dummy", "policy.net_arch=[64]", "policy.critic=separate"]
 #: Core sizes of the throughput variants; sb3-contrib's LSTM gets the same hidden size as ours.
 THROUGHPUT_CORES = {
     "lstm": {"hidden_size": 64},
@@ -79,10 +72,13 @@ def measure_throughput(steps: int, cores: tuple[str, ...] = tuple(THROUGHPUT_COR
     results = []
     base = load_config("hover-lstm", THROUGHPUT_SETTINGS + [f"train.seed={seed}", "policy.core_kwargs={hidden_size: 64}"])
     venv = normalize(make_vec_env(base, base.env.n_envs, seed, time_input=False), base, time_input=False)
+    algo = base.algo
     baseline = RecurrentPPO(
-        "MlpLstmPolicy", venv, n_steps=base.algo.n_steps, batch_size=base.algo.batch_size,
-        n_epochs=base.algo.n_epochs, learning_rate=base.algo.learning_rate, gamma=base.algo.gamma,
-        policy_kwargs={"lstm_hidden_size": 64, "net_arch": [64], "enable_critic_lstm": True},
+        "MlpLstmPolicy", venv, n_steps=algo.n_steps, batch_size=algo.batch_size, n_epochs=algo.n_epochs,
+        learning_rate=algo.learning_rate, gamma=algo.gamma, gae_lambda=algo.gae_lambda,
+        clip_range=algo.clip_range, max_grad_norm=algo.max_grad_norm,
+        policy_kwargs={"lstm_hidden_size": 64, "net_arch": [64], "enable_critic_lstm": True,
+                       "log_std_init": base.policy.log_std_init},
         seed=seed, device="cpu",
     )
     seconds = _timed_learn(baseline, steps)
@@ -128,7 +124,7 @@ def _bar_chart(path: Path, labels: list[str], values: list[float], xlabel: str, 
 
 def main_throughput(out_dir: str = "runs/bench", quick: bool = False) -> list[Throughput]:
     """`liquid-drones bench train`: the throughput table, CSV/JSON and PNG."""
-    steps = 4096 if quick else 16384
+    steps = 8192 if quick else 32768
     results = measure_throughput(steps)
     table = Table(title=f"learn() throughput on Hover-v0, {steps:,} env steps, 8 envs, 1 torch thread")
     for column in ("variant", "env steps/s", "seconds", "speed-up", "target"):
