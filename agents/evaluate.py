@@ -635,7 +635,9 @@ def agents_from_args(run_dirs: Sequence[str], expert: bool, env: str | None,
 
 
 def _tag(disturbances: dict[str, Any]) -> str:
-    return "-".join(f"{k}{v}" for k, v in disturbances.items()) or "nominal"
+    """A folder-name tag: ``wind3.0-mass1.2``, ``wind1.0to3.0`` for a range, or ``nominal``."""
+    text = [f"{k}{'to'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in disturbances.items()]
+    return "-".join(text) or "nominal"
 
 
 def main(args: Any) -> None:

@@ -23,8 +23,8 @@ over them. A run's *mean OOD success* (`ood_success`) is the mean over axes of e
 success over its off-nominal levels (each axis weighs the same however many levels it has); its
 *OOD drop* is in-distribution (nominal) success minus mean OOD success. Every level and agent of
 a stress test flies the same episode seeds, so `paired_bootstrap` weights whole seeds, the same
-for all of them (a Bayesian bootstrap whose marginals are Jeffreys posteriors); `interval` turns
-any statistic of the resampled rates into a 95 % interval.
+for all of them (a Bayesian bootstrap); `interval` turns any statistic of the resampled rates
+into a 95 % interval.
 """
 
 from __future__ import annotations
@@ -225,21 +225,23 @@ def paired_bootstrap(outcomes: np.ndarray, resamples: int = 2000, seed: int = 0)
     """Success rates of every column under seed weights drawn once for all columns.
 
     Every level (and every agent) of a stress test flies the same seeds, so weighting whole seeds
-    keeps the pairing: a difference between columns is not blurred by the seed-to-seed variation
-    both share. The weights are a Bayesian bootstrap (Dirichlet(1, ..., 1) over the E seeds) plus
-    two shared pseudo-seeds of weight 1/2, one where every column succeeds and one where every
-    column fails. Each column's rate then follows its Jeffreys posterior Beta(s + 1/2, E - s + 1/2),
-    so a level where every episode succeeded (or failed) still carries its binomial uncertainty
-    instead of a zero-width interval.
+    alike for all columns keeps the pairing: a difference between columns is not blurred by the
+    seed-to-seed variation both share. The weights are a Bayesian bootstrap, Dirichlet(1, ..., 1)
+    over the E seeds plus one pseudo-seed whose outcome in each column is an independent
+    Jeffreys draw Beta(1/2, 1/2). The pseudo-seed keeps a level where every episode succeeded (or
+    failed) from getting a zero-width interval (the marginals come out close to the Wilson
+    interval), and since it is independent across columns, no difference between columns looks
+    more certain than the seeds show.
 
     :param outcomes: ``[K, E]`` successes (1/0) of K columns on the same E seeds, in seed order
     :return: ``[resamples, K]`` success rates
     """
     outcomes = np.asarray(outcomes, dtype=float)
     k, n = outcomes.shape
-    weights = np.random.default_rng(seed).dirichlet([1.0] * n + [0.5, 0.5], size=resamples)
-    augmented = np.hstack([outcomes, np.ones((k, 1)), np.zeros((k, 1))])
-    return weights @ augmented.T
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.ones(n + 1), size=resamples)
+    pseudo = rng.beta(0.5, 0.5, size=(resamples, k))
+    return weights[:, :n] @ outcomes.T + weights[:, n:] * pseudo
 
 
 def interval(samples: np.ndarray, point: float | None = None) -> tuple[float, float]:

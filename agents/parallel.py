@@ -14,7 +14,9 @@ Failures stay contained:
 - ``ray``: Ray retries a task whose worker died once, then reports it as an error.
 
 ``fn`` and the jobs must be picklable (``fn`` a module-level function). Workers run torch with
-one thread each, so N workers use N cores.
+one thread each, so N workers use N cores. On a Ray cluster (``address``) every node needs
+liquid-drones installed (``pip install 'liquid-drones[ray]'``); evaluation jobs carry their run's
+files, so the nodes need no shared filesystem.
 """
 
 from __future__ import annotations

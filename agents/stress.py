@@ -332,6 +332,10 @@ def analyse(sweep: Sweep, rows: list[dict[str, str]], out_dir: Path,
     plot_robustness(summary, out_dir / "robustness.png")
     atomic_write(out_dir / "report.md", lambda p: p.write_text(report(summary)))
     print_rows(overview_rows(summary), f"stress test: {sweep.agents[0].env_id}, {sweep.episodes} episodes per level")
+    errors = sum(entry["errors"] for entry in summary["agents"].values())
+    if errors:
+        log(f"warning: {errors} episode(s) raised and count as failures; their messages are in the "
+            f"error column of {out_dir / 'episodes.csv'}")
     log(f"wrote {out_dir}/results.csv, summary.json, robustness.png, report.md")
     return summary
 

@@ -105,18 +105,27 @@ def test_mean_ood_success_weighs_each_axis_equally_and_the_drop_is_nominal_minus
     assert ood_success(rates, [[1, 2], []]) == pytest.approx(0.4)  # an axis without OOD levels is skipped
 
 
-def test_paired_bootstrap_keeps_the_pairing_and_has_jeffreys_marginals():
+def test_paired_bootstrap_keeps_the_pairing_and_has_wilson_like_marginals():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 2, 50)
     outcomes = np.array([a, a, np.ones(50), np.zeros(50)])
     rates = paired_bootstrap(outcomes)
-    assert interval(rates[:, 1] - rates[:, 0]) == (0.0, 0.0)  # identical on every seed: no difference
+    low, high = interval(rates[:, 1] - rates[:, 0])
+    assert -0.05 < low < 0 < high < 0.05  # identical on every seed: only the pseudo-seed differs
     low, high = interval(rates[:, 0])
     wilson = wilson_interval(int(a.sum()), 50)
     assert low == pytest.approx(wilson[0], abs=0.03) and high == pytest.approx(wilson[1], abs=0.03)
     low, high = interval(rates[:, 2])
     assert 0.9 < low < 0.99 and high > 0.999  # 50/50 successes still leave room below 100 %
     assert interval(rates[:, 3])[1] > 0.01
+
+
+def test_paired_bootstrap_keeps_uncertainty_where_every_episode_has_the_same_outcome():
+    # 10/10 at the nominal level, one level at 10/10 and one at 0/10: the drop is 50 % on these
+    # seeds, but 10 episodes per level cannot pin it down to the percent.
+    rates = paired_bootstrap(np.array([np.ones(10), np.ones(10), np.zeros(10)]))
+    low, high = interval(ood_drop(rates[:, 0], ood_success(rates, [[1, 2]])), 0.5)
+    assert low < 0.4 and high >= 0.5
 
 
 def test_paired_bootstrap_sees_a_consistent_difference_that_unpaired_noise_would_hide():
@@ -127,3 +136,5 @@ def test_paired_bootstrap_sees_a_consistent_difference_that_unpaired_noise_would
     rates = paired_bootstrap(np.array([base, better]))
     low, _ = interval(rates[:, 1] - rates[:, 0])
     assert low > 0.0
+    unpaired = paired_bootstrap(better[None], seed=1)[:, 0] - paired_bootstrap(base[None], seed=2)[:, 0]
+    assert interval(unpaired)[0] < 0.0
