@@ -214,25 +214,8 @@ def make_env(spec: AgentSpec, disturbances: dict[str, Any] | None = None,
 
 
 def task_points(env: gym.Env) -> list[Position]:
-    """The goals of the episode in order: the waypoints (Waypoints) or the one goal (others)."""
-    unwrapped = env.unwrapped
-    return [tuple(p) for p in getattr(unwrapped, "waypoints", None) or [unwrapped.goal]]
-
-
-def shortest_path(start: Position, points: Sequence[Position]) -> float:
-    """Length (m) of the straight legs start -> points[0] -> ... -> points[-1]."""
-    corners = [start, *points]
-    return float(sum(math.dist(a, b) for a, b in zip(corners, corners[1:])))
-
-
-def task_shortest_path(env: gym.Env) -> float:
-    """The task's shortest path (m) at reset: the straight legs through its goals, or NaN where
-    the goal moves (Follow: there is no path length to compare with)."""
-    from envs import FollowEnv
-
-    if isinstance(env.unwrapped, FollowEnv):
-        return math.nan
-    return shortest_path(tuple(env.unwrapped.sim.position), task_points(env))
+    """The goals of the episode in visiting order (m)."""
+    return [tuple(p) for p in env.unwrapped.route()]
 
 
 def env_axes(spec: AgentSpec) -> tuple[str, ...]:
@@ -275,7 +258,7 @@ class _InFlight:
         self.index, self.seed = index, seed
         self.goals = task_points(env)
         start = tuple(env.unwrapped.sim.position)
-        self.shortest = task_shortest_path(env)
+        self.shortest = env.unwrapped.shortest_path_length()
         self.actions: list[np.ndarray] = []
         self.reward = 0.0
         self.time_s = 0.0

@@ -83,7 +83,7 @@ class MotorsMode(ActionMode):
 
     def expert(self, sim, velocity_setpoint, expert_pid, dt):
         thrust, *rates = self._expert_thrust_and_rates(sim, velocity_setpoint, expert_pid, dt)
-        rpm = expert_pid.rates_to_rpm(thrust, rates, sim.body_rates)
+        rpm = expert_pid.rates_to_rpm(thrust, rates, sim.body_rates, dt)
         max_rpm = self.pid.params.max_rpm
         return np.array([2.0 * (w / max_rpm) ** 2 - 1.0 for w in rpm], dtype=np.float32)
 
@@ -99,7 +99,7 @@ class CtbrMode(ActionMode):
                        action[3] * MAX_BODY_RATE)
 
     def rpm(self, sim: QuadrotorSim) -> tuple[float, float, float, float]:
-        return self.pid.rates_to_rpm(self._thrust, self._rates, sim.body_rates)
+        return self.pid.rates_to_rpm(self._thrust, self._rates, sim.body_rates, sim.dt)
 
     def expert(self, sim, velocity_setpoint, expert_pid, dt):
         thrust, p, q, r = self._expert_thrust_and_rates(sim, velocity_setpoint, expert_pid, dt)
@@ -121,7 +121,7 @@ class VelocityMode(ActionMode):
         pid = self.pid
         acc = pid.velocity_to_acceleration(self._velocity, sim.velocity, sim.dt)
         thrust, p, q, r = pid.acceleration_to_thrust_and_rates(acc, sim.rot, self._yaw_rate)
-        return pid.rates_to_rpm(thrust, (p, q, r), sim.body_rates)
+        return pid.rates_to_rpm(thrust, (p, q, r), sim.body_rates, sim.dt)
 
     def expert(self, sim, velocity_setpoint, expert_pid, dt):
         vx, vy, vz = velocity_setpoint

@@ -173,6 +173,16 @@ class QuadrotorEnv(gym.Env):
     def _marker_positions(self) -> list[Position]:
         return [self.goal]
 
+    def route(self) -> list[Position]:
+        """The goals of the episode in visiting order (m, world); one for most tasks."""
+        return [self.goal]
+
+    def shortest_path_length(self) -> float:
+        """Length (m) of the straight legs from the start through :meth:`route`, the L_shortest
+        of SPL; NaN where the goal moves (no fixed path to compare with)."""
+        corners = [self.start_position, *self.route()]
+        return float(sum(math.dist(a, b) for a, b in zip(corners, corners[1:])))
+
     # --- shared helpers for tasks ------------------------------------------------------------
     def distance_to_goal(self) -> float:
         """Distance (m) from the drone to the current goal."""
@@ -211,6 +221,7 @@ class QuadrotorEnv(gym.Env):
         if airframe != self.sim.params:
             self.sim.set_params(airframe)
         start, yaw = self._spawn(self.np_random)
+        self.start_position = start
         self.sim.reset(start, yaw, rpm=self.params.hover_rpm if self.airborne_start else 0.0)
         self.sim.wind = self.disturbance.wind()
         self.pid.reset()

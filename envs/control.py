@@ -13,7 +13,7 @@ factor ~3 slower than the one inside it):
 - velocity:  a_des = Kp_vel * (v_des - v) + Ki_vel * integral + g e_z,
              horizontal part limited by ``max_tilt``                          (physics rate)
 - attitude:  reduced attitude: body rates that turn body z towards a_des      (physics rate)
-- rate:      torque = J * Kp_rate * (w_des - w)                               (physics rate)
+- rate:      torque = J * (Kp_rate * (w_des - w) + Ki_rate * integral)          (physics rate)
 - mixing:    rotor thrusts from collective thrust and torques -> rotor speeds (physics rate)
 """
 
@@ -38,11 +38,13 @@ class PIDGains:
     max_speed: float = 1.0  # m/s, limit of the position loop's velocity set-point
     vel_p: float = 3.0  # 1/s: m/s of error -> m/s^2
     vel_i: float = 1.5  # 1/s^2
-    vel_i_limit: float = 2.0  # m/s^2, anti-windup bound on the integral term
+    vel_i_limit: float = 6.0  # m/s^2, anti-windup bound: carries a payload up to ~1.6 x mass
     max_tilt: float = math.radians(35.0)  # rad, tilt the velocity loop may ask for
     att_p: float = 8.0  # 1/s: rad of tilt error -> rad/s of rate set-point
     yaw_p: float = 2.0  # 1/s: rad of yaw error -> rad/s (used to hold a heading)
     rate_p: float = 25.0  # 1/s: rad/s of rate error -> rad/s^2
+    rate_i: float = 60.0  # 1/s^2: integral of rate error -> rad/s^2 (trims a weak motor)
+    rate_i_limit: float = 30.0  # rad/s^2, anti-windup bound on the rate integral
 
 
 class CascadedPID:
@@ -73,8 +75,9 @@ class CascadedPID:
         self._max_rotor_thrust = params.max_rotor_thrust
 
     def reset(self) -> None:
-        """Clear the velocity integrator (call at episode start)."""
+        """Clear the integrators (call at episode start)."""
         self._vel_integral = [0.0, 0.0, 0.0]
+        self._rate_integral = [0.0, 0.0, 0.0]
 
     # --- outer loops -------------------------------------------------------------------------
     def position_to_velocity(self, position_error: Vec3) -> Vec3:
@@ -130,15 +133,23 @@ class CascadedPID:
         kp = self.gains.att_p
         return thrust, kp * ebx, kp * eby, yaw_rate
 
-    def rates_to_rpm(self, thrust: float, rate_setpoint: Vec3,
-                     body_rates: Vec3) -> tuple[float, float, float, float]:
-        """Rotor speed commands (rpm) for a collective ``thrust`` (N) and body-rate set-point."""
-        kp = self.gains.rate_p
-        ixx, iyy, izz = self.inertia
-        tx = ixx * kp * (rate_setpoint[0] - body_rates[0])
-        ty = iyy * kp * (rate_setpoint[1] - body_rates[1])
-        tz = izz * kp * (rate_setpoint[2] - body_rates[2])
-        return self.mix(thrust, tx, ty, tz)
+    def rates_to_rpm(self, thrust: float, rate_setpoint: Vec3, body_rates: Vec3,
+                     dt: float) -> tuple[float, float, float, float]:
+        """Rotor speed commands (rpm) for a collective ``thrust`` (N) and body-rate set-point
+        (rad/s); integrates the rate error over ``dt`` seconds (skipped while on the ground,
+        where ``thrust`` is below half the weight and contact torques would wind it up)."""
+        g = self.gains
+        airborne = thrust > 0.5 * self.params.weight
+        torque = []
+        for i in range(3):
+            error = rate_setpoint[i] - body_rates[i]
+            integral = self._rate_integral[i]
+            if airborne:
+                integral = min(max(integral + g.rate_i * error * dt, -g.rate_i_limit),
+                               g.rate_i_limit)
+                self._rate_integral[i] = integral
+            torque.append(self.inertia[i] * (g.rate_p * error + integral))
+        return self.mix(thrust, torque[0], torque[1], torque[2])
 
     def mix(self, thrust: float, tx: float, ty: float, tz: float) -> tuple[float, float, float, float]:
         """Rotor speeds (rpm) producing collective ``thrust`` (N) and body torques (N m).

@@ -26,6 +26,7 @@ in Forest, ``target_speed`` in Follow, the last three when it has a camera.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections import deque
@@ -246,7 +247,8 @@ class EpisodeDisturbance:
         """The observation ``observation_delay`` control steps late (the first one repeated)."""
         if not self.observation_delay:
             return observation
-        if not self._observations:
-            self._observations.extend([observation] * self.observation_delay)
+        if not self._observations:  # distinct copies: a returned observation is never reused
+            self._observations.extend(copy.deepcopy(observation)
+                                      for _ in range(self.observation_delay))
         self._observations.append(observation)
         return self._observations.popleft()

@@ -120,6 +120,9 @@ class FollowEnv(QuadrotorEnv):
     def _marker_positions(self) -> list[Position]:
         return []  # the target itself is visible
 
+    def shortest_path_length(self) -> float:
+        return math.nan  # the goal moves
+
     def _target_height(self) -> float:
         return TARGET_HEIGHT + TARGET_BOB * math.sin(
             2.0 * math.pi * self._time / TARGET_BOB_PERIOD + self._bob_phase)

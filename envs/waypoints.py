@@ -134,3 +134,6 @@ class WaypointsEnv(QuadrotorEnv):
 
     def _marker_positions(self) -> list[Position]:
         return self.waypoints[self._reached:]
+
+    def route(self) -> list[Position]:
+        return list(self.waypoints)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import warnings
@@ -174,3 +175,27 @@ def test_rgb_array_render_returns_a_chase_camera_frame_that_follows_the_drone():
     assert first.std() > 5  # not a blank image
     assert np.abs(first.astype(int) - later.astype(int)).mean() > 1
     assert envs.HoverEnv().render() is None
+
+
+def test_shortest_path_length_follows_the_route_and_is_nan_for_a_moving_goal():
+    hover = envs.HoverEnv()
+    hover.reset(seed=0)
+    assert hover.shortest_path_length() == pytest.approx(math.dist(hover.start_position, hover.goal))
+    route = envs.WaypointsEnv()
+    route.reset(seed=0)
+    corners = [route.start_position, *route.waypoints]
+    legs = sum(math.dist(a, b) for a, b in zip(corners, corners[1:]))
+    assert route.route() == route.waypoints and route.shortest_path_length() == pytest.approx(legs)
+    follow = envs.FollowEnv()
+    follow.reset(seed=0)
+    assert math.isnan(follow.shortest_path_length())
+
+
+def test_checkers_pass_with_delayed_observations():
+    env = envs.FollowEnv(camera=True, disturbances={"latency": 80.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+    first, _ = env.reset(seed=0)
+    second, *_ = env.step(env.action_space.sample())
+    assert first["state"] is not second["state"]

@@ -96,7 +96,7 @@ def test_pid_hovers_with_under_2cm_steady_state_error(sim):
             setpoint = pid.position_to_velocity(tuple(g - x for g, x in zip(goal, sim.position)))
         acc = pid.velocity_to_acceleration(setpoint, sim.velocity, sim.dt)
         thrust, *rates = pid.acceleration_to_thrust_and_rates(acc, sim.rot, pid.yaw_hold_rate(sim.rot))
-        sim.step(pid.rates_to_rpm(thrust, rates, sim.body_rates))
+        sim.step(pid.rates_to_rpm(thrust, rates, sim.body_rates, sim.dt))
         if step >= 240 * 6:
             errors.append(math.dist(goal, sim.position))
     assert max(errors) < 0.02
