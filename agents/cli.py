@@ -123,11 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
     bench.set_defaults(func=_bench)
 
+    from agents.config import describe_schema
+
     train = verbs.add_parser(
         "train",
         help="train a policy (default: Hover-v0 with a CfC core on an AutoNCP wiring)",
         description="Train a policy into runs/<name>/. Configs: a name from agents/configs "
         "(hover, waypoints, or task-core such as hover-lstm) or a YAML file.",
+        epilog="config keys (--set KEY=VALUE), with their built-in defaults:\n" + describe_schema(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", help="config name (e.g. hover, hover-lstm, waypoints-ncp-ltc) or YAML file")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
