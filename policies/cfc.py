@@ -9,43 +9,267 @@ the previous state a network computes four heads ``f1, f2, a, b`` and, for a ste
 
 :class:`CfC` computes the heads with a dense MLP "backbone" (``ncps.torch.CfC``); :class:`WiredCfC`
 stacks one backbone-free CfC layer per NCP layer (inter -> command -> motor) with the wiring's
-sparsity (``ncps.torch.WiredCfCCell``, with the difference documented there).
+sparsity (``ncps.torch.WiredCfCCell``, with the difference documented there). Both are a stack of
+layers ``l`` computing per step
 
-Speed: the input part of the first layer is one matmul over all steps; per step there is one
-matmul for the recurrent part, one per further layer, and the elementwise update.
+    pre_l = h_l W_rec,l + b_l + (x W_in  if l == 0  else  h'_(l-1) W_feed,l)
+    heads_l = backbone_l(pre_l);   h'_l = cfc_update(heads_l, dt)
+
+so they share one step (:meth:`_StackedCfC.step`) and one fused training pass.
+
+Speed: the input projection is one matmul over all steps; per step, the recurrent parts of all
+layers are one matmul (block-diagonal for stacked layers). In training, a custom autograd
+function runs the whole sequence and its hand-written backward pass, and accumulates the weight
+gradients with one matmul per weight and step.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from policies.core import RecurrentCore
 from policies.wiring import AutoNCP, Wiring
 
 MODES = ("default", "no_gate", "pure")
+_aten = torch.ops.aten
 
 
-def lecun_tanh(x: Tensor) -> Tensor:
-    """LeCun's scaled tanh, 1.7159 tanh(2/3 x) (with the constant 0.666 ncps uses)."""
-    return 1.7159 * torch.tanh(0.666 * x)
+class Activation:
+    """A backbone activation ``outer * f(inner * z)`` whose scales are folded into the adjacent
+    weights, so the step applies ``f`` alone; ``backward`` maps the gradient of ``f``'s output to
+    that of its input, from what ``forward`` saved (in-place where ``f`` allows)."""
+
+    def __init__(self, forward, backward, inner=1.0, outer=1.0, saves_input=False):
+        self.forward, self.backward = forward, backward
+        self.inner, self.outer, self.saves_input = inner, outer, saves_input
+
+    def __call__(self, z: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
+        """``(activation, saved)``."""
+        if self.saves_input:
+            return self.forward(z), z
+        out = self.forward(z, in_place)
+        return out, out
 
 
-ACTIVATIONS = {"lecun_tanh": lecun_tanh, "tanh": torch.tanh, "relu": torch.relu, "silu": F.silu, "gelu": F.gelu}
+def _tanh(z, in_place=False):
+    return z.tanh_() if in_place else torch.tanh(z)
 
 
-def cfc_update(heads: Tensor, elapsed: Tensor, mode: str, tau: Tensor | None = None, amplitude: Tensor | None = None):
+def _relu(z, in_place=False):
+    return z.relu_() if in_place else torch.relu(z)
+
+
+def _backward(op, *extra):
+    """An aten ``*_backward`` op as ``(grad, saved, out=None) -> gradient of the input``."""
+    def apply(grad, saved, out=None):
+        if out is None:
+            return op(grad, saved, *extra)
+        return op.grad_input(grad, saved, *extra, grad_input=out)
+    return apply
+
+
+ACTIVATIONS = {
+    # LeCun's scaled tanh 1.7159 tanh(2/3 z), with the 0.666 of ncps
+    "lecun_tanh": Activation(_tanh, _backward(_aten.tanh_backward), inner=0.666, outer=1.7159),
+    "tanh": Activation(_tanh, _backward(_aten.tanh_backward)),
+    "relu": Activation(_relu, _backward(_aten.threshold_backward, 0)),
+    "silu": Activation(torch.nn.functional.silu, _backward(_aten.silu_backward), saves_input=True),
+    "gelu": Activation(torch.nn.functional.gelu, _backward(_aten.gelu_backward), saves_input=True),
+}
+
+
+def cfc_update(heads: Tensor, elapsed: Tensor, mode: str, tau: Tensor | None = None,
+               amplitude: Tensor | None = None, keep: list | None = None) -> Tensor:
     """The CfC solution from the heads ``[B, 4H]`` (``f1 | f2 | a | b``; ``[B, H]`` = ``f1`` in pure
-    mode) and the elapsed time ``[B, 1]``; ``tau = |w_tau|`` and ``amplitude = A`` for pure mode."""
+    mode) and the elapsed time ``[B, 1]``; ``tau = |w_tau|`` and ``amplitude = A`` for pure mode.
+    ``keep`` receives the intermediates :func:`cfc_update_backward` needs."""
     if mode == "pure":
-        return amplitude - amplitude * torch.exp(-elapsed * (tau + heads.abs())) * heads
-    f1, f2, a, b = heads.chunk(4, dim=1)
-    gate = torch.sigmoid(torch.addcmul(b, a, elapsed))
+        decay = torch.exp(-elapsed * (tau + heads.abs()))
+        if keep is not None:
+            keep.append(decay)
+        return amplitude - amplitude * decay * heads
+    hidden = heads.shape[1] // 4
+    squashed = torch.tanh(heads[:, : 2 * hidden])
+    f1, f2 = squashed.chunk(2, dim=1)
+    gate = torch.sigmoid(torch.addcmul(heads[:, 3 * hidden :], heads[:, 2 * hidden : 3 * hidden], elapsed))
+    if keep is not None:
+        keep += [squashed, gate]
+    return torch.addcmul(f1, gate, f2) if mode == "no_gate" else torch.lerp(f1, f2, gate)
+
+
+def cfc_update_backward(grad, kept, heads, elapsed, mode, tau, amplitude, out, need_elapsed):
+    """Gradient of :func:`cfc_update` for the upstream ``grad`` ``[B, H]``: writes dL/d(heads) into
+    ``out`` and returns dL/d(elapsed) ``[B, 1]`` (if ``need_elapsed``, needing ``heads``) and, in
+    pure mode, per-sample dL/d(tau) and dL/d(amplitude) ``[B, H]``."""
+    if mode == "pure":
+        (decay,) = kept
+        product = decay * heads  # e f1
+        magnitude = heads.abs()
+        torch.mul((elapsed * magnitude).sub_(1.0).mul_(decay), amplitude * grad, out=out)  # -A e (1 - dt|f1|) g
+        common = amplitude * product * grad  # A e f1 g
+        g_dt = (common * (tau + magnitude)).sum(1, keepdim=True) if need_elapsed else None
+        return g_dt, common * elapsed, (1.0 - product) * grad
+    squashed, gate = kept
+    g_f1, g_f2, g_a, g_b = out.chunk(4, dim=1)
+    f1, f2 = squashed.chunk(2, dim=1)
+    torch.mul(grad, gate, out=g_f2)
     if mode == "no_gate":
-        return torch.addcmul(torch.tanh(f1), gate, torch.tanh(f2))
-    return torch.lerp(torch.tanh(f1), torch.tanh(f2), gate)
+        g_f1.copy_(grad)
+        through = grad * f2
+    else:
+        torch.sub(grad, g_f2, out=g_f1)
+        through = grad * (f2 - f1)
+    squashed_grad = out[:, : 2 * grad.shape[1]]
+    _aten.tanh_backward.grad_input(squashed_grad, squashed, grad_input=squashed_grad)
+    _aten.sigmoid_backward.grad_input(through, gate, grad_input=g_b)
+    torch.mul(g_b, elapsed, out=g_a)
+    if not need_elapsed:
+        return None, None, None
+    return (g_b * heads[:, 2 * grad.shape[1] : 3 * grad.shape[1]]).sum(1, keepdim=True), None, None
+
+
+class _Sequence(torch.autograd.Function):
+    """A stretch of steps of a :class:`_StackedCfC` with a hand-written backward pass.
+
+    Inputs after ``core``: initial state, projected inputs ``[T, B, sum widths]``, elapsed
+    ``[T, B, 1]``, the recurrent weight, then the other shared tensors of
+    :meth:`_StackedCfC.derive` flattened. Returns the states ``[T, B, N]``. The forward pass keeps
+    only what the backward pass reads: per step the previous state, per layer its input, the
+    backbone activations and the update's intermediates.
+    """
+
+    @staticmethod
+    def forward(ctx, core, h, projected, elapsed, recurrent, *rest):
+        feeds, backbone, pure = core.unflatten(rest)
+        activation = ACTIVATIONS[core.activation]
+        need_elapsed = ctx.needs_input_grad[3]
+        keep_heads = need_elapsed or core.mode == "pure"
+        tape, states = [], []
+        for projected_t, elapsed_t in zip(projected.unbind(0), elapsed.unbind(0)):
+            layers, outputs, x = [], [], None
+            for index, pre in enumerate(core.split(torch.addmm(projected_t, h, recurrent), core.widths)):
+                z = pre if index == 0 else torch.addmm(pre, x, feeds[index - 1])
+                activations = []
+                for weight, bias in backbone:
+                    a, saved = activation(z, in_place=True)
+                    activations.append((a, saved))
+                    z = torch.addmm(bias, a, weight)
+                kept: list = []
+                layers.append((kept, activations, x, z if keep_heads else None))
+                x = cfc_update(z, elapsed_t, core.mode, *pure[index], keep=kept)
+                outputs.append(x)
+            tape.append((h, layers))
+            h = x if len(outputs) == 1 else torch.cat(outputs, dim=1)
+            states.append(h)
+        ctx.core, ctx.tape = core, tape
+        ctx.save_for_backward(elapsed, recurrent, *rest)
+        return torch.stack(states)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states):
+        core, tape = ctx.core, ctx.tape
+        elapsed, recurrent, *rest = ctx.saved_tensors
+        feeds, backbone, pure = core.unflatten(rest)
+        activation = ACTIVATIONS[core.activation]
+        need_elapsed = ctx.needs_input_grad[3]
+        steps, batch = grad_states.shape[:2]
+        g_projected = grad_states.new_empty(steps, batch, sum(core.widths))
+        g_elapsed = torch.zeros_like(elapsed) if need_elapsed else None
+        g_recurrent = torch.zeros_like(recurrent)
+        g_feeds = [torch.zeros_like(w) for w in feeds]
+        g_weights = [torch.zeros_like(w) for w, _ in backbone]
+        g_biases = [grad_states.new_zeros(batch, b.shape[0]) for _, b in backbone]  # summed over B at the end
+        g_pure = [(torch.zeros_like(t), torch.zeros_like(a)) if t is not None else (None, None) for t, a in pure]
+        backbone_t = [weight.t() for weight, _ in backbone]
+        feeds_t = [weight.t() for weight in feeds]
+        recurrent_t = recurrent.t()
+        g_state = grad_states[-1]  # dL/d(state after step t), through the outputs and later steps
+        for t in reversed(range(steps)):
+            h_prev, layers = tape[t]
+            g_outs = core.split(g_state, core.layer_sizes)
+            g_pre_all = g_projected[t]
+            g_pres = core.split(g_pre_all, core.widths)
+            for index in reversed(range(len(layers))):
+                kept, activations, x_in, heads = layers[index]
+                head_width = (1 if core.mode == "pure" else 4) * core.layer_sizes[index]
+                g_z = grad_states.new_empty(batch, head_width) if backbone else g_pres[index]
+                g_dt, g_tau, g_amp = cfc_update_backward(g_outs[index], kept, heads, elapsed[t], core.mode,
+                                                         *pure[index], out=g_z, need_elapsed=need_elapsed)
+                if need_elapsed:
+                    g_elapsed[t] += g_dt
+                if g_tau is not None:
+                    g_pure[index][0].add_(g_tau.sum(0, keepdim=True))
+                    g_pure[index][1].add_(g_amp.sum(0, keepdim=True))
+                for depth in reversed(range(len(backbone))):
+                    a, saved = activations[depth]
+                    g_weights[depth].addmm_(a.t(), g_z)
+                    g_biases[depth].add_(g_z)
+                    g_z = activation.backward(g_z.mm(backbone_t[depth]), saved, out=g_pres[index] if depth == 0 else None)
+                if index > 0:
+                    g_feeds[index - 1].addmm_(x_in.t(), g_pres[index])
+                    g_outs[index - 1] = torch.addmm(g_outs[index - 1], g_pres[index], feeds_t[index - 1])
+            g_recurrent.addmm_(h_prev.t(), g_pre_all)
+            g_state = torch.addmm(grad_states[t - 1], g_pre_all, recurrent_t) if t else g_pre_all.mm(recurrent_t)
+        g_backbone = [(w, b.sum(0)) for w, b in zip(g_weights, g_biases)]
+        return None, g_state, g_projected, g_elapsed, g_recurrent, *core.flatten(g_feeds, g_backbone, g_pure)
+
+
+class _StackedCfC(RecurrentCore):
+    """Shared step, readout and training pass of :class:`CfC` and :class:`WiredCfC`.
+
+    Subclasses set ``mode``, ``activation``, ``dropout``, ``layer_sizes`` (neurons per layer),
+    ``widths`` (width of ``pre_l`` per layer) and ``backbone_depth``, and implement :meth:`derive`
+    returning ``(input weight [F, sum widths], bias [sum widths], (recurrent [N, sum widths],
+    feeds, backbone, pure))`` with the activation's scales already folded in.
+    """
+
+    time_aware = True
+
+    def precompute(self, inputs, elapsed):
+        input_w, bias, shared = self.derived()
+        projected = torch.addmm(bias, inputs.reshape(-1, self.input_size), input_w)
+        return [projected.view(*inputs.shape[:2], -1), elapsed], shared
+
+    @staticmethod
+    def split(tensor: Tensor, sizes: list[int]) -> list[Tensor]:
+        """Column blocks of ``tensor`` (no op for a single block)."""
+        return [tensor] if len(sizes) == 1 else list(tensor.split(sizes, dim=1))
+
+    def step(self, h, projected, elapsed, recurrent, feeds, backbone, pure):
+        x, states = None, []
+        for index, pre in enumerate(self.split(torch.addmm(projected, h, recurrent), self.widths)):
+            z = pre if index == 0 else torch.addmm(pre, x, feeds[index - 1])
+            for weight, bias in backbone:
+                a = ACTIVATIONS[self.activation](z)[0]
+                if self.dropout and self.training:
+                    a = torch.nn.functional.dropout(a, self.dropout)
+                z = torch.addmm(bias, a, weight)
+            x = cfc_update(z, elapsed, self.mode, *pure[index])
+            states.append(x)
+        return x if len(states) == 1 else torch.cat(states, dim=1)
+
+    def run(self, per_step, shared, state):
+        if not torch.is_grad_enabled() or (self.dropout and self.training):
+            return super().run(per_step, shared, state)
+        recurrent, feeds, backbone, pure = shared
+        states = _Sequence.apply(self, state, *per_step, recurrent, *self.flatten(feeds, backbone, pure))
+        return self.readout(states), states[-1]
+
+    # The fused pass takes tensors only: these pack the nested shared values into a flat tuple.
+    def flatten(self, feeds, backbone, pure) -> tuple:
+        return (*feeds, *(t for pair in backbone for t in pair), *(t for pair in pure for t in pair))
+
+    def unflatten(self, flat) -> tuple:
+        feeds = list(flat[: len(self.widths) - 1])
+        rest = flat[len(feeds):]
+        backbone = [(rest[2 * i], rest[2 * i + 1]) for i in range(self.backbone_depth)]
+        rest = rest[2 * self.backbone_depth:]
+        pure = [(rest[2 * i], rest[2 * i + 1]) for i in range(len(self.widths))]
+        return feeds, backbone, pure
 
 
 def _check_mode(mode: str) -> None:
@@ -56,6 +280,12 @@ def _check_mode(mode: str) -> None:
 def _heads(mode: str, in_features: int, hidden: int) -> nn.ModuleDict:
     names = ("ff1",) if mode == "pure" else ("ff1", "ff2", "time_a", "time_b")
     return nn.ModuleDict({name: nn.Linear(in_features, hidden) for name in names})
+
+
+def _stacked_heads(heads: nn.ModuleDict, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Head weights ``[heads * H, in]`` (optionally masked) and biases, in the order f1, f2, a, b."""
+    weights = [head.weight if mask is None else head.weight * mask for head in heads.values()]
+    return torch.cat(weights), torch.cat([head.bias for head in heads.values()])
 
 
 class _PureParameters(nn.Module):
@@ -76,7 +306,7 @@ def _xavier(module: nn.Module) -> None:
             nn.init.xavier_uniform_(layer.weight)
 
 
-class CfC(RecurrentCore):
+class CfC(_StackedCfC):
     """CfC core with a dense backbone (``cfc``); output = state.
 
     :param input_size: input features F
@@ -91,8 +321,6 @@ class CfC(RecurrentCore):
     Parameter names follow ``ncps.torch.CfCCell`` (``backbone.i`` are its ``backbone.2i`` linear
     layers; ``heads.ff1`` etc. its ``ff1``, ``ff2``, ``time_a``, ``time_b``; ``pure.w_tau``, ``pure.A``).
     """
-
-    time_aware = True
 
     def __init__(
         self,
@@ -110,44 +338,30 @@ class CfC(RecurrentCore):
         if backbone_layers < 0 or backbone_units < 1 or not 0.0 <= backbone_dropout < 1.0:
             raise ValueError("need backbone_layers >= 0, backbone_units >= 1 and 0 <= backbone_dropout < 1")
         super().__init__(input_size, hidden_size, hidden_size)
-        self.mode = mode
-        self.activation_name = backbone_activation
-        self.dropout = float(backbone_dropout)
+        self.mode, self.activation, self.dropout = mode, backbone_activation, float(backbone_dropout)
         widths = [input_size + hidden_size] + [backbone_units] * backbone_layers
         self.backbone = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.heads = _heads(mode, widths[-1], hidden_size)
         self.pure = _PureParameters(hidden_size) if mode == "pure" else None
+        self.layer_sizes = [hidden_size]
+        self.widths = [backbone_units if backbone_layers else (1 if mode == "pure" else 4) * hidden_size]
+        self.backbone_depth = backbone_layers  # linear maps after the first: hidden layers + heads
         _xavier(self)
 
     def derive(self):
-        heads_w = torch.cat([head.weight for head in self.heads.values()])
-        heads_b = torch.cat([head.bias for head in self.heads.values()])
-        first_w, first_b = (self.backbone[0].weight, self.backbone[0].bias) if self.backbone else (heads_w, heads_b)
-        input_w = first_w[:, : self.input_size].t()
-        hidden_layers = [(layer.weight.t(), layer.bias) for layer in self.backbone[1:]]
-        pure = self.pure.values() if self.pure is not None else (None, None)
-        return input_w, first_b, (first_w[:, self.input_size :].t(), hidden_layers, heads_w.t(), heads_b, pure)
-
-    def precompute(self, inputs, elapsed):
-        input_w, first_b, shared = self.derived()
-        projected = torch.addmm(first_b, inputs.reshape(-1, self.input_size), input_w)
-        return [projected.view(*inputs.shape[:2], -1), elapsed], shared
-
-    def step(self, h, projected, elapsed, recurrent_w, hidden_layers, heads_w, heads_b, pure):
-        z = torch.addmm(projected, h, recurrent_w)
-        if self.backbone:
-            z = self._activate(z)
-            for weight, bias in hidden_layers:
-                z = self._activate(torch.addmm(bias, z, weight))
-            z = torch.addmm(heads_b, z, heads_w)
-        return cfc_update(z, elapsed, self.mode, *pure)
-
-    def _activate(self, z: Tensor) -> Tensor:
-        z = ACTIVATIONS[self.activation_name](z)
-        return F.dropout(z, self.dropout, training=True) if self.dropout and self.training else z
+        heads_w, heads_b = _stacked_heads(self.heads)
+        inner, outer = ACTIVATIONS[self.activation].inner, ACTIVATIONS[self.activation].outer
+        if self.backbone:  # fold outer * f(inner * z): inner into every backbone layer, outer into the next map
+            first_w, first_b = self.backbone[0].weight * inner, self.backbone[0].bias * inner
+            later = [(layer.weight.t() * (inner * outer), layer.bias * inner) for layer in self.backbone[1:]]
+            later.append((heads_w.t() * outer, heads_b))
+        else:
+            first_w, first_b, later = heads_w, heads_b, []
+        pure = [self.pure.values() if self.pure is not None else (None, None)]
+        return first_w[:, : self.input_size].t(), first_b, (first_w[:, self.input_size :].t(), [], later, pure)
 
 
-class WiredCfC(RecurrentCore):
+class WiredCfC(_StackedCfC):
     """CfC over an NCP wiring (``ncp-cfc``): one CfC layer per wiring layer, outputs the motor layer.
 
     :param input_size: input features F
@@ -166,17 +380,16 @@ class WiredCfC(RecurrentCore):
     unwired ``time_a``/``time_b`` weights set to zero in ncps, both compute the same function.
     """
 
-    time_aware = True
-
     def __init__(self, input_size: int, wiring: Wiring, mode: str = "default"):
         _check_mode(mode)
         wiring.build(input_size)
         layers = wiring.layers
         super().__init__(input_size, len(layers[-1]), wiring.units)
         self.wiring = wiring
-        self.mode = mode
+        self.mode, self.activation, self.dropout = mode, "tanh", 0.0
         self.layer_sizes = [len(ids) for ids in layers]
-        self._head_widths = [(1 if mode == "pure" else 4) * n for n in self.layer_sizes]
+        self.widths = [(1 if mode == "pure" else 4) * n for n in self.layer_sizes]
+        self.backbone_depth = 0
         self.layers = nn.ModuleList()
         self.pure = nn.ModuleList() if mode == "pure" else None
         previous = None
@@ -191,31 +404,15 @@ class WiredCfC(RecurrentCore):
         _xavier(self)
 
     def derive(self):
-        weights, biases = [], []
-        for index, heads in enumerate(self.layers):
-            mask = getattr(self, f"_mask{index}")
-            weights.append(torch.cat([head.weight * mask for head in heads.values()]))  # [heads * n, in + n]
-            biases.append(torch.cat([head.bias for head in heads.values()]))
+        stacked = [_stacked_heads(heads, getattr(self, f"_mask{i}")) for i, heads in enumerate(self.layers)]
         fan_in = [self.input_size] + self.layer_sizes[:-1]
-        recurrent = torch.block_diag(*[w[:, n_in:].t() for w, n_in in zip(weights, fan_in)])
-        feed = [w[:, :n_in].t() for w, n_in in zip(weights[1:], fan_in[1:])]
-        pure = [p.values() for p in self.pure] if self.pure is not None else [(None, None)] * len(weights)
-        return weights[0][:, : self.input_size].t(), (recurrent, torch.cat(biases), feed, pure)
-
-    def precompute(self, inputs, elapsed):
-        input_w, shared = self.derived()
-        projected = torch.mm(inputs.reshape(-1, self.input_size), input_w)
-        return [projected.view(*inputs.shape[:2], -1), elapsed], shared
-
-    def step(self, h, projected, elapsed, recurrent, biases, feed, pure):
-        own = torch.addmm(biases, h, recurrent).split(self._head_widths, dim=1)
-        x = None
-        states = []
-        for index, heads in enumerate(own):
-            heads = heads + projected if index == 0 else torch.addmm(heads, x, feed[index - 1])
-            x = cfc_update(heads, elapsed, self.mode, *pure[index])
-            states.append(x)
-        return torch.cat(states, dim=1)
+        recurrent = torch.block_diag(*[w[:, n_in:].t() for (w, _), n_in in zip(stacked, fan_in)])
+        feeds = [w[:, :n_in].t() for (w, _), n_in in zip(stacked[1:], fan_in[1:])]
+        pure = [p.values() for p in self.pure] if self.pure is not None else [(None, None)] * len(stacked)
+        # The inputs reach layer 0 only: zero columns for the other layers' pre-activations.
+        first = stacked[0][0][:, : self.input_size].t()
+        input_w = torch.cat([first, first.new_zeros(self.input_size, sum(self.widths[1:]))], dim=1)
+        return input_w, torch.cat([b for _, b in stacked]), (recurrent, feeds, [], pure)
 
     def readout(self, states):
         return states[..., -self.output_size :]

@@ -74,10 +74,10 @@ class _Sequence(torch.autograd.Function):
 
     Forward runs :func:`_unfold` ``T * K`` times and keeps only the potentials and denominators
     (the synapse activations are ``S / N`` times larger; recomputing them per step in the
-    backward pass is cheaper than storing them). Writing one unfold as ``v' = (n + c v) / d``
-    (``c = cm/h``), an upstream gradient ``g`` gives ``dL/dn = g/d``, ``dL/dd = -g v'/d``,
-    ``dL/dv = c g/d`` plus the synapse path (two matmuls and a sigmoid derivative); parameter
-    gradients are accumulated with one matmul per step.
+    backward pass costs less than storing and re-reading them). Writing one unfold as
+    ``v' = (n + c v) / d`` (``c = cm/h``), an upstream gradient ``g`` gives ``dL/dn = g/d``,
+    ``dL/dd = -g v'/d``, ``dL/dv = c g/d`` plus the synapse path (two matmuls and a sigmoid
+    derivative); weight gradients take one matmul per step.
     """
 
     @staticmethod
@@ -91,41 +91,37 @@ class _Sequence(torch.autograd.Function):
             for j in range(t * unfolds, (t + 1) * unfolds):
                 _unfold(potentials[j], drive_t, cm_t_t, gather, bias, scatter, potentials[j + 1], denominators[j])
         ctx.unfolds = unfolds
-        ctx.save_for_backward(potential, denominator, drive, cm_t, gather, bias, scatter)
+        ctx.save_for_backward(potential, denominator, cm_t, gather, bias, scatter)
         return potential[unfolds::unfolds].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_states):
-        potential, denominator, drive, cm_t, gather, bias, scatter = ctx.saved_tensors
+        potential, denominator, cm_t, gather, bias, scatter = ctx.saved_tensors
         unfolds = ctx.unfolds
         steps, batch, units = cm_t.shape
-        synapses = gather.shape[1]
-        # Buffers for one step (reused, so they stay in cache).
-        act = potential.new_empty(unfolds, batch, synapses)  # synapse activations
+        # Buffers for one step, reused so that they stay in cache.
+        act = potential.new_empty(unfolds, batch, gather.shape[1])  # synapse activations
         g_x = torch.empty_like(act)  # dL/d(synapse pre-activation)
         g_frac = potential.new_empty(unfolds, batch, 2 * units)  # dL/dn | -dL/dd per unfold
         g_nums, g_dens = g_frac[:, :, :units].unbind(0), g_frac[:, :, units:].unbind(0)
         acts, g_xs, g_fracs = act.unbind(0), g_x.unbind(0), g_frac.unbind(0)
-        g_drive = torch.empty_like(drive)
-        g_cm_t = torch.empty_like(cm_t)
+        g_drive, g_cm_t = cm_t.new_empty(steps, batch, 2 * units), torch.empty_like(cm_t)
         g_gather, g_bias, g_scatter = torch.zeros_like(gather), torch.zeros_like(bias), torch.zeros_like(scatter)
         back = torch.cat([scatter[:, :units], -scatter[:, units:]], dim=1).t().contiguous()
         gather_t = gather.t().contiguous()
         potentials, denominators = potential.unbind(0), denominator.unbind(0)
-        grad = torch.zeros_like(potential[0])
+        grad = grad_states[-1]
         for t in reversed(range(steps)):
             first = t * unfolds
             for k in range(unfolds):
                 torch.addmm(bias, potentials[first + k], gather, out=acts[k]).sigmoid_()
-            grad = grad + grad_states[t]
             cm_t_t = cm_t[t]
             for k in reversed(range(unfolds)):
                 j = first + k
                 g_num = torch.div(grad, denominators[j], out=g_nums[k])
                 torch.mul(g_num, potentials[j + 1], out=g_dens[k])
-                g_act = torch.mm(g_fracs[k], back)
-                torch.ops.aten.sigmoid_backward.grad_input(g_act, acts[k], grad_input=g_xs[k])
+                torch.ops.aten.sigmoid_backward.grad_input(g_fracs[k].mm(back), acts[k], grad_input=g_xs[k])
                 grad = torch.addmm(g_num * cm_t_t, g_xs[k], gather_t)
             v_in = potential[first : first + unfolds]
             g_gather.addmm_(v_in.flatten(0, 1).t(), g_x.flatten(0, 1))
@@ -133,6 +129,8 @@ class _Sequence(torch.autograd.Function):
             g_bias.add_(g_x.sum((0, 1)))
             torch.sum(g_frac, 0, out=g_drive[t])
             torch.sum(g_frac[:, :, :units] * v_in, 0, out=g_cm_t[t])
+            if t:
+                grad = grad + grad_states[t - 1]
         g_drive[..., units:].neg_()
         g_scatter[:, units:].neg_()
         return grad, g_drive, g_cm_t, g_gather, g_bias, g_scatter, None

@@ -264,7 +264,8 @@ def test_initial_state_follows_the_module_dtype():
     "name,kwargs",
     [("ltc", {"hidden_size": 3}), ("ncp-ltc", {}), ("cfc", {"mode": "default"}), ("cfc", {"mode": "no_gate"}),
      ("cfc", {"mode": "pure", "backbone_layers": 2}), ("cfc", {"backbone_layers": 0}), ("ncp-cfc", {}),
-     ("ncp-cfc", {"mode": "pure"}), ("lstm", {}), ("gru", {})],
+     ("ncp-cfc", {"mode": "pure"}), ("ncp-cfc", {"mode": "no_gate"}), ("lstm", {}), ("gru", {})]
+    + [("cfc", {"backbone_activation": name, "backbone_layers": 2}) for name in ("tanh", "relu", "silu", "gelu")],
 )
 def test_gradcheck_passes_for_inputs_state_elapsed_and_parameters(name, kwargs):
     core = _core(name, input_size=3, **({"units": 7, "output_size": 2} if name.startswith("ncp") else {}), **kwargs)
