@@ -31,35 +31,26 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from policies.core import RecurrentCore
-from policies.wiring import AutoNCP, Wiring
+from policies.wiring import AutoNCP, Wiring, as_wiring
 
 MODES = ("default", "no_gate", "pure")
 _aten = torch.ops.aten
 
 
 class Activation:
-    """A backbone activation ``outer * f(inner * z)`` whose scales are folded into the adjacent
-    weights, so the step applies ``f`` alone; ``backward`` maps the gradient of ``f``'s output to
-    that of its input, from what ``forward`` saved (in-place where ``f`` allows)."""
+    """A backbone activation ``outer * f(inner * z)``. The scales are folded into the adjacent
+    weights, so a step applies ``f`` alone: ``forward(z, in_place)`` computes it and
+    ``backward(grad, saved, out=None)`` maps the gradient of its output to that of its input,
+    from the output (or, if ``saves_input``, the input) that the forward pass saved."""
 
     def __init__(self, forward, backward, inner=1.0, outer=1.0, saves_input=False):
         self.forward, self.backward = forward, backward
         self.inner, self.outer, self.saves_input = inner, outer, saves_input
 
     def __call__(self, z: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
-        """``(activation, saved)``."""
-        if self.saves_input:
-            return self.forward(z), z
-        out = self.forward(z, in_place)
-        return out, out
-
-
-def _tanh(z, in_place=False):
-    return z.tanh_() if in_place else torch.tanh(z)
-
-
-def _relu(z, in_place=False):
-    return z.relu_() if in_place else torch.relu(z)
+        """``(f(z), saved)``; ``in_place`` may overwrite ``z``."""
+        out = self.forward(z, in_place and not self.saves_input)
+        return out, (z if self.saves_input else out)
 
 
 def _backward(op, *extra):
@@ -71,13 +62,18 @@ def _backward(op, *extra):
     return apply
 
 
+def _tanh(z, in_place):
+    return z.tanh_() if in_place else torch.tanh(z)
+
+
 ACTIVATIONS = {
     # LeCun's scaled tanh 1.7159 tanh(2/3 z), with the 0.666 of ncps
     "lecun_tanh": Activation(_tanh, _backward(_aten.tanh_backward), inner=0.666, outer=1.7159),
     "tanh": Activation(_tanh, _backward(_aten.tanh_backward)),
-    "relu": Activation(_relu, _backward(_aten.threshold_backward, 0)),
-    "silu": Activation(torch.nn.functional.silu, _backward(_aten.silu_backward), saves_input=True),
-    "gelu": Activation(torch.nn.functional.gelu, _backward(_aten.gelu_backward), saves_input=True),
+    "relu": Activation(lambda z, in_place: z.relu_() if in_place else torch.relu(z),
+                       _backward(_aten.threshold_backward, 0)),
+    "silu": Activation(lambda z, _: torch.nn.functional.silu(z), _backward(_aten.silu_backward), saves_input=True),
+    "gelu": Activation(lambda z, _: torch.nn.functional.gelu(z), _backward(_aten.gelu_backward), saves_input=True),
 }
 
 
@@ -428,5 +424,5 @@ def build_ncp_cfc(
     wiring: Wiring | dict | None = None,
 ) -> WiredCfC:
     """``ncp-cfc``: CfC over an AutoNCP wiring (or the given ``wiring``); outputs the motor neurons."""
-    wiring = Wiring.from_dict(wiring) if isinstance(wiring, dict) else wiring
-    return WiredCfC(input_size, wiring or AutoNCP(units, output_size, sparsity=sparsity, seed=seed), mode=mode)
+    wiring = as_wiring(wiring) or AutoNCP(units, output_size, sparsity=sparsity, seed=seed)
+    return WiredCfC(input_size, wiring, mode=mode)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from policies.core import RecurrentCore
-from policies.wiring import AutoNCP, FullyConnected, Wiring
+from policies.wiring import AutoNCP, FullyConnected, Wiring, as_wiring
 
 # Uniform initialisation ranges of the LTC paper (also used by ncps).
 INIT_RANGES = {
@@ -49,7 +49,13 @@ def _one_hot(index: np.ndarray, size: int) -> Tensor:
     return matrix
 
 
-def _unfold(v, drive, cm_t, gather, bias, scatter, out=None, denominator_out=None):
+def _workspace(v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A numerator | denominator buffer ``[B, 2N]`` and its two halves, reused across unfolds."""
+    fraction = v.new_empty(v.shape[0], 2 * v.shape[1])
+    return (fraction, *fraction.chunk(2, dim=1))
+
+
+def _unfold(v, drive, cm_t, gather, bias, scatter, workspace, out=None, denominator_out=None):
     """One semi-implicit Euler step of the LTC ODE.
 
     :param v: potentials ``[B, N]``
@@ -60,10 +66,12 @@ def _unfold(v, drive, cm_t, gather, bias, scatter, out=None, denominator_out=Non
     :param bias: ``[S]`` ``-sigma mu`` per synapse
     :param scatter: ``[S, 2N]`` postsynaptic neuron of each synapse (one-hot), scaled by
         ``w erev`` | ``w``
+    :param workspace: from :func:`_workspace`
     :param out, denominator_out: optional buffers receiving the new potentials and the denominator
     """
+    fraction, numerator, denominator = workspace
     act = torch.addmm(bias, v, gather).sigmoid_()
-    numerator, denominator = torch.addmm(drive, act, scatter).chunk(2, dim=1)
+    torch.addmm(drive, act, scatter, out=fraction)
     if denominator_out is not None:
         denominator_out.copy_(denominator)
     return torch.addcmul(numerator, cm_t, v, out=out).div_(denominator)
@@ -87,9 +95,11 @@ class _Sequence(torch.autograd.Function):
         denominator = v.new_empty(steps * unfolds, batch, units)
         potential[0] = v
         potentials, denominators = potential.unbind(0), denominator.unbind(0)
+        workspace = _workspace(v)
         for t, (drive_t, cm_t_t) in enumerate(zip(drive.unbind(0), cm_t.unbind(0))):
             for j in range(t * unfolds, (t + 1) * unfolds):
-                _unfold(potentials[j], drive_t, cm_t_t, gather, bias, scatter, potentials[j + 1], denominators[j])
+                _unfold(potentials[j], drive_t, cm_t_t, gather, bias, scatter, workspace,
+                        potentials[j + 1], denominators[j])
         ctx.unfolds = unfolds
         ctx.save_for_backward(potential, denominator, cm_t, gather, bias, scatter)
         return potential[unfolds::unfolds].clone()
@@ -138,8 +148,9 @@ class _Sequence(torch.autograd.Function):
 
 def ltc_unfolds(v, drive, cm_t, gather, bias, scatter, unfolds: int) -> Tensor:
     """``unfolds`` steps of :func:`_unfold` (one time step, no gradient bookkeeping)."""
+    workspace = _workspace(v)
     for _ in range(unfolds):
-        v = _unfold(v, drive, cm_t, gather, bias, scatter)
+        v = _unfold(v, drive, cm_t, gather, bias, scatter, workspace)
     return v
 
 
@@ -198,7 +209,6 @@ class LTC(RecurrentCore):
         self.output_b = nn.Parameter(torch.zeros(wiring.output_size))
 
     def derive(self):
-        units = self.state_size
         # Sensory synapse pre-activation sigma (input_w x + input_b - mu) = x @ gather + bias.
         sigma = self.sensory_sigma
         sensory_gather = self._sensory_gather * (self.input_w.unsqueeze(1) * sigma)
@@ -213,11 +223,11 @@ class LTC(RecurrentCore):
             self._synapse_scatter(self._scatter, self.w, self.erev),
             self.ode_unfolds,
         )
-        return sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, units, recurrent
+        return sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, recurrent
 
     def precompute(self, inputs, elapsed):
-        sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, units, recurrent = self.derived()
-        steps, batch = inputs.shape[:2]
+        sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, recurrent = self.derived()
+        steps, batch, units = inputs.shape[0], inputs.shape[1], self.state_size
         # Sensory synapses see only the inputs: all steps at once.
         act = torch.addmm(sensory_bias, inputs.reshape(steps * batch, -1), sensory_gather).sigmoid_()
         drive = torch.addmm(base, act, sensory_scatter).view(steps, batch, 2 * units)
@@ -249,10 +259,6 @@ class LTC(RecurrentCore):
         return f"{super().extra_repr()}, synapses={self.w.numel()}+{self.sensory_w.numel()} sensory, ode_unfolds={self.ode_unfolds}"
 
 
-def _wiring_from(wiring: Wiring | dict | None) -> Wiring | None:
-    return Wiring.from_dict(wiring) if isinstance(wiring, dict) else wiring
-
-
 def build_ltc(input_size: int, hidden_size: int = 32, ode_unfolds: int = 6, seed: int = 1111) -> LTC:
     """``ltc``: fully connected LTC of ``hidden_size`` neurons, all of them outputs."""
     return LTC(input_size, FullyConnected(hidden_size, seed=seed), ode_unfolds=ode_unfolds)
@@ -268,5 +274,5 @@ def build_ncp_ltc(
     wiring: Wiring | dict | None = None,
 ) -> LTC:
     """``ncp-ltc``: LTC over an AutoNCP wiring (or the given ``wiring``); outputs the motor neurons."""
-    wiring = _wiring_from(wiring) or AutoNCP(units, output_size, sparsity=sparsity, seed=seed)
+    wiring = as_wiring(wiring) or AutoNCP(units, output_size, sparsity=sparsity, seed=seed)
     return LTC(input_size, wiring, ode_unfolds=ode_unfolds)

@@ -216,6 +216,11 @@ class Wiring:
         fig.savefig(path, dpi=110)
 
 
+def as_wiring(wiring: Wiring | dict[str, Any] | None) -> Wiring | None:
+    """A :class:`Wiring`, or one rebuilt from its :meth:`Wiring.to_dict` (``None`` passes through)."""
+    return Wiring.from_dict(wiring) if isinstance(wiring, dict) else wiring
+
+
 def _polarities(rng: np.random.Generator, count: int, excitatory_fraction: float) -> np.ndarray:
     return np.where(rng.random(count) < excitatory_fraction, 1, -1).astype(np.int8)
 

@@ -279,3 +279,23 @@ def test_gradcheck_passes_for_inputs_state_elapsed_and_parameters(name, kwargs):
         return functional_call(core, dict(zip(names, values)), (x, state, starts, elapsed))
 
     assert torch.autograd.gradcheck(run, (x.requires_grad_(), state, elapsed.requires_grad_(), *params))
+
+
+@pytest.mark.parametrize("name", ["ncp-cfc", "ncp-ltc"])
+def test_ncp_cores_take_a_given_wiring_or_its_dict(name):
+    wiring = AutoNCP(12, 3, seed=42).build(4)
+    from_object = build_core(name, 4, wiring=wiring)
+    from_dict = build_core(name, 4, wiring=wiring.to_dict())
+    assert from_object.wiring.to_dict() == from_dict.wiring.to_dict() == wiring.to_dict()
+    assert from_object.output_size == 3 and from_object.state_size == 12
+
+
+def test_cfc_backbone_dropout_applies_in_training_only():
+    core = build_core("cfc", 4, hidden_size=6, backbone_units=16, backbone_dropout=0.5)
+    x = torch.randn(5, 3, 4)
+    torch.manual_seed(1)
+    first, _ = core(x, core.initial_state(3))
+    second, _ = core(x, core.initial_state(3))
+    assert not torch.equal(first, second)
+    core.eval()
+    torch.testing.assert_close(core(x, core.initial_state(3))[0], core(x, core.initial_state(3))[0], rtol=0, atol=0)
