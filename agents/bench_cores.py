@@ -10,8 +10,10 @@ For each core (and the ncps LTC/CfC of the same size, when ncps is installed) it
   existing synapses).
 
 Times are medians over repeats (``*_min`` the best repeat) with ``torch.set_num_threads(t)`` for
-each ``t`` in ``THREADS``; ``speedup_vs_ncps`` compares ``train_ms`` with the ncps row of the same
-model and thread count. Sizes: 32 units everywhere; NCP wirings are AutoNCP(32, 4 motor neurons).
+each ``t`` in ``THREADS``; our core and the ncps model are timed in turn, repeat by repeat, so
+that load from other processes affects both alike. ``speedup_vs_ncps`` compares ``train_ms`` with
+the ncps row of the same model and thread count. Sizes: 32 units everywhere; NCP wirings are
+AutoNCP(32, 4 motor neurons); the CfC backbone has ncps' default 128 units.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from policies import build_core  # noqa: E402
 
 FEATURES, STEPS, BATCH, ROLLOUT_ENVS = 20, 128, 64, 8
 UNITS, MOTOR = 32, 4
-THREADS = (1, 2)
+# One intra-op thread: during training the envs use the other core, and the small per-step
+# kernels of a recurrent core gain nothing from a second thread on this 2-core machine.
+THREADS = (1,)
 ROLLOUT_TARGET_US = 200.0
 # (row label, our core name and kwargs, matching ncps model or None)
 CASES: tuple[tuple[str, str, dict[str, Any], str | None], ...] = (
@@ -57,76 +61,78 @@ def _ncps_model(description: str) -> torch.nn.Module:
     return model_class(FEATURES, units, batch_first=False)
 
 
-def _timed(run: Callable[[], Any], repeats: int, inner: int = 1) -> tuple[float, float]:
-    """Median and minimum seconds per call of ``run`` (after one warm-up)."""
-    run()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            run()
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples), min(samples)
-
-
-def _measure(model: torch.nn.Module, ncps: bool, quick: bool) -> dict[str, float]:
+def _workloads(model: torch.nn.Module, ncps: bool) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(one rollout step for ROLLOUT_ENVS envs, one forward+backward of a training batch)."""
     generator = torch.Generator().manual_seed(0)
     batch = torch.randn(STEPS, BATCH, FEATURES, generator=generator)
     step = torch.randn(1, ROLLOUT_ENVS, FEATURES, generator=generator)
-    starts, elapsed = torch.zeros(1, ROLLOUT_ENVS), torch.full((1, ROLLOUT_ENVS), 1 / 48)
-    if ncps:
+    if ncps:  # ncps cannot take per-env time spans in a batch: default 1 s steps
         state = torch.zeros(ROLLOUT_ENVS, model.state_size)
+        return (lambda: model(step, state)), (lambda: model(batch)[0].square().mean().backward())
+    starts, elapsed = torch.zeros(1, ROLLOUT_ENVS), torch.full((1, ROLLOUT_ENVS), 1 / 48)
+    state, initial = model.initial_state(ROLLOUT_ENVS), model.initial_state(BATCH)
 
-        def rollout():  # ncps cannot take per-env time spans in a batch: default 1 s steps
-            return model(step, state)
+    def train():
+        outputs = model(batch, initial)[0]
+        if outputs.requires_grad:  # mlp has nothing to train
+            outputs.square().mean().backward()
 
-        def train():
-            model(batch)[0].square().mean().backward()
-    else:
-        state = model.initial_state(ROLLOUT_ENVS)
-        initial = model.initial_state(BATCH)
+    return (lambda: model(step, state, starts, elapsed)), train
 
-        def rollout():
-            return model(step, state, starts, elapsed)
 
-        def train():
-            outputs = model(batch, initial)[0]
-            if outputs.requires_grad:  # mlp has nothing to train
-                outputs.square().mean().backward()
-
-    slow = ncps and isinstance(model, importlib.import_module("ncps.torch").LTC)
-    with torch.inference_mode():
-        rollout_median, rollout_min = _timed(rollout, repeats=3 if quick else 7, inner=50 if quick else 300)
-    train_median, train_min = _timed(train, repeats=1 if quick else (3 if slow else 9))
-    return {"rollout_us": rollout_median * 1e6, "rollout_us_min": rollout_min * 1e6,
-            "train_ms": train_median * 1e3, "train_ms_min": train_min * 1e3}
+def _interleaved(runs: list[Callable[[], Any]], repeats: int, inner: int = 1,
+                 inference: bool = False) -> list[list[float]]:
+    """Seconds per call of each run: ``repeats`` samples each, taken in turn so that a busy machine
+    slows all runs alike (after one warm-up call each)."""
+    samples: list[list[float]] = [[] for _ in runs]
+    with torch.inference_mode(inference):
+        for run in runs:
+            run()
+        for _ in range(repeats):
+            for run, times in zip(runs, samples):
+                start = time.perf_counter()
+                for _ in range(inner):
+                    run()
+                times.append((time.perf_counter() - start) / inner)
+    return samples
 
 
 def _parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Measure every core (and ncps where it has the model) for each thread count; return rows."""
+def _ncps_available() -> bool:
     try:
         importlib.import_module("ncps.torch")
-        have_ncps = True
     except ImportError:
-        have_ncps = False
         print("ncps is not installed (pip install ncps==1.0.1): skipping the ncps reference rows")
-    threads = THREADS[:1] if quick else THREADS
-    jobs = [(t, case, impl) for t in threads for case in CASES
-            for impl in ("ours", "ncps") if impl == "ours" or (have_ncps and case[3])]
+        return False
+    return True
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Measure every core (and the ncps model of the same size, side by side); return the rows."""
+    have_ncps = _ncps_available()
     previous_threads = torch.get_num_threads()
     rows: list[dict[str, Any]] = []
     try:
-        for thread_count, (label, name, kwargs, reference), impl in tqdm(jobs, desc="bench cores"):
-            torch.set_num_threads(thread_count)
+        jobs = [(threads, case) for threads in THREADS for case in CASES]
+        for threads, (label, name, kwargs, reference) in tqdm(jobs, desc="bench cores"):
+            torch.set_num_threads(threads)
             torch.manual_seed(0)
-            model = build_core(name, FEATURES, **kwargs) if impl == "ours" else _ncps_model(reference)
-            rows.append({"core": label, "impl": impl, "model": reference if impl == "ncps" else name,
-                         "threads": thread_count, "params": _parameters(model),
-                         **_measure(model, impl == "ncps", quick)})
+            models = [("ours", name, build_core(name, FEATURES, **kwargs))]
+            if have_ncps and reference:
+                models.append(("ncps", reference, _ncps_model(reference)))
+            workloads = [_workloads(model, impl == "ncps") for impl, _, model in models]
+            slow = have_ncps and reference is not None and reference.startswith("LTC")
+            rollouts = _interleaved([w[0] for w in workloads], repeats=3 if quick else 7,
+                                    inner=30 if quick else 300, inference=True)
+            trains = _interleaved([w[1] for w in workloads], repeats=1 if quick else (3 if slow else 9))
+            for (impl, description, model), rollout, train in zip(models, rollouts, trains):
+                rows.append({"core": label, "impl": impl, "model": description, "threads": threads,
+                             "params": _parameters(model),
+                             "rollout_us": statistics.median(rollout) * 1e6, "rollout_us_min": min(rollout) * 1e6,
+                             "train_ms": statistics.median(train) * 1e3, "train_ms_min": min(train) * 1e3})
     finally:
         torch.set_num_threads(previous_threads)
     for row in rows:
