@@ -208,13 +208,14 @@ def main_learn(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[st
     ``quick`` is a smoke run (one config, a 1-minute budget, 20 evaluation episodes).
     """
     rows = []
+    n_episodes = 20 if quick else 100
     for task, (level, budget) in LEARN_TARGETS.items():
         for core in LEARN_CORES:
             if quick and (task, core) != ("hover", "ncp-cfc"):
                 continue
             rows.append(time_to_success(f"{task}-{core}", level, 1.0 if quick else budget,
-                                        eval_freq=8192 if quick else 50_000, n_episodes=20 if quick else 100))
-    table = Table(title="Time to success level (evaluations over 100 episodes)")
+                                        eval_freq=8192 if quick else 50_000, n_episodes=n_episodes))
+    table = Table(title=f"Time to success level (evaluations over {n_episodes} episodes)")
     for column in ("config", "level", "reached", "env steps", "minutes", "budget (min)", "last success"):
         table.add_column(column, justify="left" if column == "config" else "right")
     for r in rows:
