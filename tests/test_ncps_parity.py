@@ -123,6 +123,13 @@ def test_cfc_matches_ncps_in_every_mode_with_and_without_elapsed_times(mode, bac
         outputs, final = ours(x, state, None, elapsed)
     torch.testing.assert_close(outputs, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(final, expected_state, rtol=0, atol=1e-5)
+    # Our fused training pass (hand-written backward) against ncps' autograd.
+    reference(x, state)[0].square().sum().backward()
+    ours(x, state)[0].square().sum().backward()
+    torch.testing.assert_close(ours.heads.ff1.weight.grad, reference.rnn_cell.ff1.weight.grad, rtol=1e-6, atol=1e-8)
+    first = ours.backbone[0] if backbone_layers else ours.heads.ff1
+    reference_first = reference.rnn_cell.backbone[0] if backbone_layers else reference.rnn_cell.ff1
+    torch.testing.assert_close(first.bias.grad, reference_first.bias.grad, rtol=1e-6, atol=1e-8)
 
 
 def test_ncps_cfc_misreads_batched_elapsed_times_where_ours_is_per_sample():
@@ -175,6 +182,11 @@ def test_wired_cfc_matches_ncps_once_ncps_unwired_time_gate_weights_are_zero(mod
     assert ours.layer_sizes == reference.rnn_cell.layer_sizes
     torch.testing.assert_close(outputs, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(final, expected_state, rtol=0, atol=1e-5)
+    reference(x, state)[0].square().sum().backward()
+    ours(x, state)[0].square().sum().backward()
+    for index in range(len(ours.layer_sizes)):
+        torch.testing.assert_close(ours.layers[index].ff1.weight.grad,
+                                   getattr(reference.rnn_cell, f"layer_{index}").ff1.weight.grad, rtol=1e-6, atol=1e-8)
 
 
 def test_wired_cfc_differs_from_ncps_by_masking_the_time_gates_with_the_wiring():
