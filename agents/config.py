@@ -175,7 +175,7 @@ class AlgoConfig:
 
 @dataclass
 class TrainConfig:
-    total_timesteps: int = _option(1_000_000, _int(1), "env steps to train for")
+    total_timesteps: int = _option(1_000_000, _int(1), "env steps (rounded up to whole rollouts of n_steps x n_envs)")
     seed: int = _option(0, _int(0), "seed of envs, weights and sampling")
     device: str = _option("cpu", _choice("cpu", "cuda", "auto"), "torch device")
     torch_threads: int = _option(1, _int(0), "torch threads in the learner (0: torch's default)")
