@@ -152,8 +152,8 @@ def main_throughput(out_dir: str = "runs/bench", quick: bool = False) -> list[Th
                       f"{r.speedup:.2f}x", target, f"{r.update_speedup:.2f}x")
     Console().print(table)
     out = Path(out_dir)
-    _write_rows(out, "train_throughput", [asdict(r) for r in results])
-    _bar_chart(out / "train_throughput.png", [r.variant for r in results], [r.steps_per_s for r in results],
+    _write_rows(out, "train", [asdict(r) for r in results])
+    _bar_chart(out / "train.png", [r.variant for r in results], [r.steps_per_s for r in results],
                "env steps / s (whole learn())", "Training throughput, Hover-v0")
     return results
 
