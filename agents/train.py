@@ -3,8 +3,11 @@
 A run folder ``runs/<name>/`` holds ``config.yaml``, ``tb/`` (TensorBoard), ``checkpoints/``,
 ``eval.csv`` and ``training_curve.png`` (periodic evaluations), ``best_model.zip`` (+
 ``best_vecnormalize.pkl``), and at the end ``model.zip``, ``vecnormalize.pkl`` and
-``final_eval.json``. ``train(..., resume=RUN_DIR)`` continues from the newest checkpoint to the
-configured total number of env steps.
+``final_eval.json``. ``train(config, run_dir, resume=True)`` continues a run from its newest
+checkpoint to the configured total number of env steps.
+
+Note: with ``env.vec_env`` subproc, a script that calls `train` needs the usual
+``if __name__ == "__main__":`` guard (worker processes re-import the main module).
 """
 
 from __future__ import annotations
@@ -106,7 +109,6 @@ def env_factory(env_id: str, kwargs: dict[str, Any], seed: int, time_input: bool
 
             env = AppendStepDuration(env)
         env = Monitor(env)
-        env.reset(seed=seed)
         env.action_space.seed(seed)
         return env
 
@@ -114,7 +116,7 @@ def env_factory(env_id: str, kwargs: dict[str, Any], seed: int, time_input: bool
 
 
 def make_vec_env(config: Config, n_envs: int, seed: int, time_input: bool, subproc: bool | None = None) -> VecEnv:
-    """``n_envs`` monitored copies of the configured env, seeded ``seed, seed + 1, ...``."""
+    """``n_envs`` monitored copies of the configured env; their first resets use ``seed, seed + 1, ...``."""
     factories = [env_factory(config.env.id, config.env.kwargs, seed + i, time_input) for i in range(n_envs)]
     if subproc is None:
         subproc = config.env.vec_env == "subproc" or (config.env.vec_env == "auto" and n_envs > 1)
