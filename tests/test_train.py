@@ -148,3 +148,16 @@ def test_resume_without_checkpoints_says_so(tmp_path):
     run = train(config, tmp_path / "run", log=lambda _: None).run_dir
     with pytest.raises(CheckpointError, match="no checkpoint"):
         train(config, run, resume=True)
+
+
+def test_subprocess_and_in_process_envs_give_the_same_seeded_episodes():
+    config = load_config("hover-cfc")
+    actions = np.zeros((2, 4), dtype=np.float32)
+    trajectories = []
+    for subproc in (True, False):
+        venv = make_vec_env(config, 2, seed=3, time_input=True, subproc=subproc)
+        observations = [venv.reset()] + [venv.step(actions)[0] for _ in range(5)]
+        venv.close()
+        trajectories.append(np.stack(observations))
+    np.testing.assert_array_equal(trajectories[0], trajectories[1])
+    assert np.all(trajectories[0][..., -1] > 0)  # the appended step duration
