@@ -250,7 +250,23 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("policy.critic: the mlp core has no memory to share; allowed value for mlp: separate")
     if config.policy.core == "mlp" and config.policy.time_input is True:
         raise ConfigError("policy.time_input: the mlp core is not time-aware; allowed values for mlp: auto, false")
+    _check_env(config.env)
     _check_core_kwargs(config.policy)
+
+
+def _check_env(env: EnvConfig) -> None:
+    """Make (and close) one env so that a wrong id or constructor argument fails before any work."""
+    import gymnasium as gym
+
+    import envs
+
+    if env.id not in gym.registry:
+        ids = ", ".join(sorted(envs.ENV_IDS))
+        raise ConfigError(f"env.id: unknown env {env.id!r}; allowed: {ids} (or any registered Gymnasium id)")
+    try:
+        gym.make(env.id, **env.kwargs).close()
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"env.kwargs {env.kwargs} are not valid for {env.id}: {error}") from None
 
 
 def _check_core_kwargs(policy: PolicyConfig) -> None:

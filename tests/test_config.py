@@ -68,6 +68,9 @@ def test_set_overrides_win_and_parse_yaml_values():
         ("policy.net_arch={pi: [8]}", "policy.net_arch", "pi and vf"),
         ("algo.batch_size=100000", "algo.batch_size", "n_steps x env.n_envs"),
         ("policy.core_kwargs.hiden_size=3", "policy.core_kwargs", "hidden_size"),
+        ("env.id=LiquidDrones/Hoover-v0", "env.id", "LiquidDrones/Hover-v0"),
+        ("env.kwargs={ctrl_freq: 50}", "env.kwargs", "allowed control rates"),
+        ("env.kwargs={actoin: ctbr}", "env.kwargs", "allowed"),
     ],
 )
 def test_bad_keys_and_values_raise_naming_the_key_and_what_is_allowed(override, named, allowed):
