@@ -263,7 +263,11 @@ class CorePolicy(RecurrentActorCriticPolicy):
         returned by the previous call, as with sb3-contrib's LSTM policies.
         """
         if state is None:
-            obs = observation[next(iter(observation))] if isinstance(observation, dict) else observation
-            vectorised = obs.ndim > len(self.observation_space.shape or ())
+            if isinstance(observation, dict):  # judge by one key against its own sub-space
+                key = next(iter(observation))
+                obs, space = np.asarray(observation[key]), self.observation_space[key]
+            else:
+                obs, space = np.asarray(observation), self.observation_space
+            vectorised = obs.ndim > len(space.shape or ())
             episode_start = np.ones(obs.shape[0] if vectorised else 1, dtype=bool)
         return super().predict(observation, state, episode_start, deterministic)
