@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,6 +114,11 @@ def measure_throughput(steps: int, cores: tuple[str, ...] = tuple(THROUGHPUT_COR
     return results
 
 
+def _console() -> Console:
+    """Rich console; 120 columns when writing to a file or pipe (rich's default there is 80)."""
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
 def _write_rows(out_dir: Path, stem: str, rows: list[dict[str, Any]]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / f"{stem}.csv").open("w", newline="") as handle:
@@ -150,7 +156,7 @@ def main_throughput(out_dir: str = "runs/bench", quick: bool = False) -> list[Th
         target = f">= {TARGETS[core]:.0f}x" if core in TARGETS else ""
         table.add_row(r.variant, f"{r.steps_per_s:,.0f}", f"{r.seconds:.1f}", f"{r.update_seconds:.1f}",
                       f"{r.speedup:.2f}x", target, f"{r.update_speedup:.2f}x")
-    Console().print(table)
+    _console().print(table)
     out = Path(out_dir)
     _write_rows(out, "train", [asdict(r) for r in results])
     _bar_chart(out / "train.png", [r.variant for r in results], [r.steps_per_s for r in results],
@@ -239,7 +245,7 @@ def main_learn(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[st
         last = "-" if r["last_success_rate"] is None else f"{100 * r['last_success_rate']:.0f} %"
         table.add_row(r["config"], f"{100 * r['level']:.0f} %", "yes" if r["reached"] else "no",
                       f"{r['env_steps']:,}", f"{r['minutes']:.1f}", f"{r['budget_min']:.0f}", last)
-    Console().print(table)
+    _console().print(table)
     out = Path(out_dir)
     _write_rows(out, "learn", rows)
     _bar_chart(out / "learn.png", [r["config"] for r in rows], [r["minutes"] for r in rows],
