@@ -20,6 +20,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from agents.checkpoint import atomic_write, save_checkpoint
+from agents.metrics import wilson_interval
 
 EVAL_COLUMNS = ("timesteps", "success_rate", "crash_rate", "mean_reward", "std_reward", "mean_length", "wall_time_s")
 
@@ -75,16 +76,6 @@ class EvalSummary:
             f"{100 * self.timeout_rate:.1f} % over {self.episodes} episodes; mean reward "
             f"{self.mean_reward:.2f}, mean length {self.mean_length:.0f} steps"
         )
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95 % for z = 1.96)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def evaluate_episodes(

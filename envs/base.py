@@ -41,6 +41,20 @@ ACTION_CHANGE_PENALTY = 0.01  # per unit of |a_t - a_{t-1}|^2
 BODY_RATE_PENALTY = 0.002  # per (rad/s)^2 of body rate
 
 
+def require_positive(**values: float) -> None:
+    """Raise ValueError naming the first argument that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def require_height_range(min_height: float, max_height: float, ceiling: float) -> None:
+    """Raise ValueError unless 0 < min_height <= max_height < ceiling (m)."""
+    if not 0 < min_height <= max_height < ceiling:
+        raise ValueError(f"need 0 < min_height <= max_height < {ceiling} m, "
+                         f"got min_height={min_height!r}, max_height={max_height!r}")
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 

@@ -80,7 +80,6 @@ class FollowEnv(QuadrotorEnv):
     def __init__(self, target_speed: float = 0.5, min_distance: float = 0.5,
                  max_distance: float = 1.5, success_fraction: float = 0.8,
                  turn_rate_std: float = 0.6, path_radius: float = 3.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         if not 0 <= target_speed <= 5:
             raise ValueError(f"target_speed must be in [0, 5] m/s, got {target_speed!r}")
         if not 0 < min_distance < max_distance:
@@ -91,6 +90,7 @@ class FollowEnv(QuadrotorEnv):
         if not turn_rate_std >= 0 or not 0 < path_radius < self.arena_half_width - 1:
             raise ValueError(f"need turn_rate_std >= 0 and 0 < path_radius < "
                              f"{self.arena_half_width - 1} m, got {turn_rate_std!r}, {path_radius!r}")
+        super().__init__(**kwargs)
         self.target_speed = target_speed
         self.min_distance = min_distance
         self.max_distance = max_distance

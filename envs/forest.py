@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Position, QuadrotorEnv
+from envs.base import Position, QuadrotorEnv, require_positive
 from envs.sensors import RangeSensor
 
 PROGRESS_REWARD = 10.0  # per metre closed on the goal
@@ -85,10 +85,8 @@ class ForestEnv(QuadrotorEnv):
                  tree_radius: float = 0.15, tree_height: float = 4.0, min_gap: float = 0.7,
                  forest_seed: int | None = None, num_rays: int = 32, ray_fov_deg: float = 360.0,
                  ray_range: float = 4.0, success_radius: float = 0.5, **kwargs: Any) -> None:
-        for name, value in (("goal_distance", goal_distance), ("tree_radius", tree_radius),
-                            ("tree_height", tree_height), ("success_radius", success_radius)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        require_positive(goal_distance=goal_distance, tree_radius=tree_radius,
+                         tree_height=tree_height, success_radius=success_radius)
         if not 0 <= density <= 2:
             raise ValueError(f"density must be in [0, 2] trees per m^2, got {density!r}")
         if not min_gap >= 0:

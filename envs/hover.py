@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Position, QuadrotorEnv
+from envs.base import Position, QuadrotorEnv, require_height_range, require_positive
 
 PROGRESS_REWARD = 10.0  # per metre closed on the target
 HOLD_REWARD_RATE = 5.0  # per second spent at the target (tapers with distance)
@@ -74,14 +74,10 @@ class HoverEnv(QuadrotorEnv):
     def __init__(self, target_radius: float = 0.5, min_height: float = 0.5,
                  max_height: float = 1.0, hold_seconds: float = 1.0, success_radius: float = 0.10,
                  success_speed: float = 0.2, **kwargs: Any) -> None:
+        require_positive(target_radius=target_radius, hold_seconds=hold_seconds,
+                         success_radius=success_radius, success_speed=success_speed)
+        require_height_range(min_height, max_height, self.arena_height)
         super().__init__(**kwargs)
-        for name, value in (("target_radius", target_radius), ("hold_seconds", hold_seconds),
-                            ("success_radius", success_radius), ("success_speed", success_speed)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if not 0 < min_height <= max_height < self.arena_height:
-            raise ValueError(f"need 0 < min_height <= max_height < {self.arena_height} m, "
-                             f"got min_height={min_height!r}, max_height={max_height!r}")
         self.target_radius = target_radius
         self.min_height = min_height
         self.max_height = max_height

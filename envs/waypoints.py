@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Position, QuadrotorEnv
+from envs.base import Position, QuadrotorEnv, require_height_range, require_positive
 
 PROGRESS_REWARD = 10.0  # per metre closed on the current waypoint
 WAYPOINT_REWARD = 2.0  # per waypoint reached
@@ -75,17 +75,14 @@ class WaypointsEnv(QuadrotorEnv):
     def __init__(self, num_waypoints: int = 4, waypoint_radius: float = 0.20,
                  half_width: float = 2.0, min_height: float = 0.5, max_height: float = 2.0,
                  **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         if not isinstance(num_waypoints, int) or num_waypoints < 1:
             raise ValueError(f"num_waypoints must be an integer >= 1, got {num_waypoints!r}")
-        if not waypoint_radius > 0:
-            raise ValueError(f"waypoint_radius must be > 0, got {waypoint_radius!r}")
+        require_positive(waypoint_radius=waypoint_radius)
         if not 0 < half_width < self.arena_half_width:
             raise ValueError(f"half_width must be in (0, {self.arena_half_width}) m, "
                              f"got {half_width!r}")
-        if not 0 < min_height <= max_height < self.arena_height:
-            raise ValueError(f"need 0 < min_height <= max_height < {self.arena_height} m, "
-                             f"got min_height={min_height!r}, max_height={max_height!r}")
+        require_height_range(min_height, max_height, self.arena_height)
+        super().__init__(**kwargs)
         self.num_waypoints = num_waypoints
         self.waypoint_radius = waypoint_radius
         self.half_width = half_width
