@@ -155,6 +155,8 @@ class PolicyConfig:
     activation: str = _option("tanh", _choice("tanh", "relu", "elu", "silu"), "MLP activation")
     log_std_init: float = _option(0.0, _float(), "initial log std of the Gaussian actions")
     ortho_init: bool = _option(True, _bool, "orthogonal initialisation of the MLP layers")
+    encoder: str = _option("auto", _choice("auto", "flatten", "conv"),
+                           "observation encoder; auto: conv head for camera (Dict) observations")
 
 
 @dataclass
@@ -332,9 +334,10 @@ def _resolve(name_or_path: str) -> tuple[Path, str | None]:
         return path, None
     if (CONFIG_DIR / f"{name_or_path}.yaml").is_file():
         return CONFIG_DIR / f"{name_or_path}.yaml", None
-    task, _, core = name_or_path.partition("-")
-    if (CONFIG_DIR / f"{task}.yaml").is_file() and core in CORE_NAMES:
-        return CONFIG_DIR / f"{task}.yaml", core
+    for core in CORE_NAMES:  # task names may contain hyphens too (forest-camera-lstm)
+        task = name_or_path.removesuffix(f"-{core}")
+        if task != name_or_path and (CONFIG_DIR / f"{task}.yaml").is_file():
+            return CONFIG_DIR / f"{task}.yaml", core
     raise ConfigError(f"unknown config {name_or_path!r}; allowed: {', '.join(available_configs())} or a .yaml file")
 
 

@@ -63,6 +63,7 @@ from agents.config import (
     read_run_config,
     save_config,
 )
+from policies.encoders import ConvStateEncoder
 from policies.sb3_policy import CorePolicy
 
 ACTIVATIONS = {"tanh": th.nn.Tanh, "relu": th.nn.ReLU, "elu": th.nn.ELU, "silu": th.nn.SiLU}
@@ -130,10 +131,13 @@ def normalize(venv: VecEnv, config: Config, time_input: bool, training: bool = T
     if not (config.env.normalize_obs or config.env.normalize_reward):
         return venv
     cls = StepDurationVecNormalize if time_input else VecNormalize
+    # Camera observations: normalise the state vector only; images stay uint8 for the encoder.
+    keys = ["state"] if isinstance(venv.observation_space, gym.spaces.Dict) else None
     return cls(
         venv,
         training=training,
         norm_obs=config.env.normalize_obs,
+        norm_obs_keys=keys,
         norm_reward=config.env.normalize_reward and training,
         clip_obs=config.env.clip_obs,
         gamma=config.algo.gamma,
@@ -152,8 +156,12 @@ def build_model(config: Config, venv: VecEnv, run_dir: Path | None, time_input: 
         "log_std_init": config.policy.log_std_init,
         "ortho_init": config.policy.ortho_init,
     }
+    dict_observations = isinstance(venv.observation_space, gym.spaces.Dict)
+    encoder = config.policy.encoder
+    if encoder == "conv" or (encoder == "auto" and dict_observations):
+        policy_kwargs["features_extractor_class"] = ConvStateEncoder
     if config.policy.core == "mlp":
-        algorithm, policy = PPO, "MlpPolicy"
+        algorithm, policy = PPO, "MultiInputPolicy" if dict_observations else "MlpPolicy"
     else:
         algorithm, policy = RecurrentPPO, CorePolicy
         policy_kwargs.update(

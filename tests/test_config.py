@@ -28,8 +28,9 @@ def test_default_config_is_hover_with_cfc_on_an_autoncp_wiring():
 @pytest.mark.parametrize("name", available_configs())
 def test_every_named_config_validates(name):
     config = load_config(name)
-    task, _, core = name.partition("-")
-    assert config.env.id.lower().endswith(f"/{task}-v0")
+    core = next((c for c in sorted(CORE_NAMES, key=len, reverse=True) if name.endswith(f"-{c}")), "")
+    task = name.removesuffix(f"-{core}") if core else name
+    assert config.env.id.lower().endswith(f"/{task.split('-')[0]}-v0")  # forest-camera: Forest-v0
     if core:
         assert config.policy.core == core
 
