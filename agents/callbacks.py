@@ -7,7 +7,6 @@ checkpoint holds exactly the weights, optimiser and counters an uninterrupted ru
 from __future__ import annotations
 
 import csv
-import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass

@@ -8,7 +8,7 @@ from torch.func import functional_call
 from policies import CORE_NAMES, RecurrentCore, build_core
 from policies.cfc import WiredCfC
 from policies.ltc import LTC
-from policies.wiring import AutoNCP, Wiring
+from policies.wiring import AutoNCP
 
 SMALL = {
     "mlp": {},
