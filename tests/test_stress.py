@@ -132,7 +132,6 @@ def test_a_job_that_raises_or_kills_its_worker_loses_only_its_own_result():
 
 
 def test_ray_backend_gives_the_local_results_for_the_same_seeds(sweep, stress_dir, tmp_path):
-    pytest.importorskip("ray")
     run_sweep(sweep, tmp_path, backend="ray", workers=2, log=lambda message: None)
     key = lambda r: (r["agent"], r["axis"], r["level"], r["seed"])  # noqa: E731
     on_ray, local = read_csv(tmp_path / "episodes.csv"), read_csv(stress_dir / "episodes.csv")
