@@ -225,16 +225,29 @@ def time_to_success(name: str, level: float, budget_min: float, eval_freq: int, 
     }
 
 
-def main_learn(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[str, Any]]:
+def learn_configs() -> list[str]:
+    """The config names `bench learn` trains, in order: every task x every core of LEARN_CORES."""
+    return [f"{task}-{core}" for task in LEARN_TARGETS for core in LEARN_CORES]
+
+
+def main_learn(out_dir: str = "runs/bench", quick: bool = False, configs: tuple[str, ...] | None = None,
+               ) -> list[dict[str, Any]]:
     """`liquid-drones bench learn`: steps and minutes to the success level, per task and core.
 
-    ``quick`` is a smoke run (one config, a 1-minute budget, 20 evaluation episodes).
+    ``quick`` is a smoke run (one config, a 1-minute budget, 20 evaluation episodes). ``configs``
+    picks a subset of :func:`learn_configs` (results go to ``learn-<first config>.*`` then, so
+    subsets run in separate processes do not overwrite each other).
     """
+    allowed = learn_configs()
+    unknown = [name for name in configs or () if name not in allowed]
+    if unknown:
+        raise ValueError(f"bench learn: unknown config(s) {unknown}; allowed: {', '.join(allowed)}")
+    selected = list(configs) if configs else (["hover-ncp-cfc"] if quick else allowed)
     rows = []
     n_episodes = 20 if quick else 100
     for task, (level, budget) in LEARN_TARGETS.items():
         for core in LEARN_CORES:
-            if quick and (task, core) != ("hover", "ncp-cfc"):
+            if f"{task}-{core}" not in selected:
                 continue
             rows.append(time_to_success(f"{task}-{core}", level, 1.0 if quick else budget,
                                         eval_freq=8192 if quick else 50_000, n_episodes=n_episodes))
@@ -247,7 +260,8 @@ def main_learn(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[st
                       f"{r['env_steps']:,}", f"{r['minutes']:.1f}", f"{r['budget_min']:.0f}", last)
     _console().print(table)
     out = Path(out_dir)
-    _write_rows(out, "learn", rows)
-    _bar_chart(out / "learn.png", [r["config"] for r in rows], [r["minutes"] for r in rows],
+    stem = f"learn-{selected[0]}" if configs else "learn"
+    _write_rows(out, stem, rows)
+    _bar_chart(out / f"{stem}.png", [r["config"] for r in rows], [r["minutes"] for r in rows],
                "wall-clock minutes to the success level (or budget)", "Time to solve")
     return rows

@@ -25,7 +25,12 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.target == "learn":
         from agents import bench_train
 
-        bench_train.main_learn(out_dir=args.out, quick=args.quick)
+        configs = tuple(args.configs.split(",")) if args.configs else None
+        unknown = [name for name in configs or () if name not in bench_train.learn_configs()]
+        if unknown:
+            sys.exit(f"liquid-drones bench learn: unknown --configs {unknown}; "
+                     f"allowed: {', '.join(bench_train.learn_configs())}")
+        bench_train.main_learn(out_dir=args.out, quick=args.quick, configs=configs)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -121,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("target", choices=BENCH_TARGETS, help="what to measure")
     bench.add_argument("--out", default="runs/bench", help="folder for the CSV/JSON/PNG results")
     bench.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
+    bench.add_argument("--configs", default=None,
+                       help="learn only: comma-separated subset of the configs (e.g. waypoints-ncp-cfc,waypoints-lstm)")
     bench.set_defaults(func=_bench)
 
     from agents.config import describe_schema

@@ -13,10 +13,13 @@ of length ``dt`` is ``ode_unfolds`` steps of the fused semi-implicit Euler solve
 Numerically this is ``ncps.torch.LTC`` with its defaults (affine input and output mappings,
 softplus positivity on ``w``, ``sensory_w``, ``cm`` and ``gleak``, no mixed memory).
 
-Speed: parameters are stored per *existing* synapse (``[S]``, not a masked ``[N, N]``), the
-sensory synapses (which depend on the inputs only) are evaluated for all steps at once, and the
-unfolds use two small matmuls each (gather presynaptic potentials, scatter conductances to the
-postsynaptic neurons) with a hand-written backward pass.
+Speed: parameters are stored per *existing* synapse (``[S]``, not a masked ``[N, N]``) and the
+sensory synapses (which depend on the inputs only) are evaluated for all steps at once. The
+unfolds — the hot loop — run in a small C kernel (``ltc_kernel.c``, compiled on first use by
+:mod:`policies.native`) that walks the synapse list forward and, in training, backward with an
+analytical gradient. Without a C compiler (or with ``LIQUID_DRONES_NATIVE=0``) the same unfolds
+run in PyTorch: two small matmuls each (gather presynaptic potentials, scatter conductances to
+the postsynaptic neurons) with a hand-written backward pass.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from policies import native
 from policies.core import RecurrentCore
 from policies.wiring import AutoNCP, FullyConnected, Wiring, as_wiring
 
@@ -154,6 +158,56 @@ def ltc_unfolds(v, drive, cm_t, gather, bias, scatter, unfolds: int) -> Tensor:
     return v
 
 
+KERNEL_SOURCE = "ltc_kernel.c"
+
+
+def _native_forward(kernel, pre, post, v, drive, cm_nb, gain, offset, w_erev, w, unfolds):
+    """Run ``ltc_forward`` of the C kernel; potentials ``[T*K+1, N, B]`` and denominators ``[T*K, N, B]``.
+
+    :param v: ``[B, N]``; ``drive``: ``[T, B, 2N]``; ``cm_nb``: cm/h in the kernel's layout ``[T, N, B]``
+    """
+    steps, units, batch = cm_nb.shape
+    drive_nb = drive.transpose(1, 2).contiguous()
+    v_nb = v.t().contiguous()
+    potential = v.new_empty(steps * unfolds + 1, units, batch)
+    denominator = v.new_empty(steps * unfolds, units, batch)
+    scratch = v.new_empty(units, batch)
+    p = native.pointer
+    kernel.ltc_forward(steps, unfolds, batch, units, gain.numel(), p(v_nb), p(drive_nb), p(cm_nb), p(pre), p(post),
+                       p(gain), p(offset), p(w_erev), p(w), p(potential), p(denominator), p(scratch))
+    return potential, denominator
+
+
+class _NativeSequence(torch.autograd.Function):
+    """All unfolds of a stretch of steps in the C kernel (forward and backward); states ``[T, B, N]``."""
+
+    @staticmethod
+    def forward(ctx, kernel, pre, post, v, drive, cm_t, gain, offset, w_erev, w, unfolds):
+        cm_nb = cm_t.transpose(1, 2).contiguous()
+        potential, denominator = _native_forward(kernel, pre, post, v, drive, cm_nb, gain, offset, w_erev, w, unfolds)
+        ctx.kernel, ctx.unfolds = kernel, unfolds
+        ctx.save_for_backward(potential, denominator, cm_nb, pre, post, gain, offset, w_erev, w)
+        return potential[unfolds::unfolds].transpose(1, 2).contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states):
+        potential, denominator, cm_nb, pre, post, gain, offset, w_erev, w = ctx.saved_tensors
+        steps, units, batch = cm_nb.shape
+        synapses = gain.numel()
+        g_states = grad_states.transpose(1, 2).contiguous()
+        g_v = potential.new_empty(units, batch)
+        g_drive = potential.new_empty(steps, 2 * units, batch)
+        g_cm = torch.empty_like(cm_nb)
+        g_synapse = [torch.empty_like(gain) for _ in range(4)]  # gain, offset, w_erev, w
+        scratch = potential.new_empty(ctx.unfolds * synapses * batch + 4 * units * batch)
+        p = native.pointer
+        ctx.kernel.ltc_backward(steps, ctx.unfolds, batch, units, synapses, p(potential), p(denominator), p(cm_nb),
+                                p(pre), p(post), p(gain), p(offset), p(w_erev), p(w), p(g_states), p(g_v),
+                                p(g_drive), p(g_cm), *map(p, g_synapse), p(scratch))
+        return (None, None, None, g_v.t(), g_drive.transpose(1, 2), g_cm.transpose(1, 2), *g_synapse, None)
+
+
 class LTC(RecurrentCore):
     """LTC core over a :class:`~policies.wiring.Wiring`; outputs the motor neurons.
 
@@ -169,6 +223,9 @@ class LTC(RecurrentCore):
     ``[S_in]``; affine maps ``input_w``, ``input_b`` ``[F]`` and ``output_w``, ``output_b`` ``[O]``.
     ``erev`` starts at the wiring's polarity (+1/-1). Absent synapses have no parameters at all,
     so they cannot come back to life through training.
+
+    ``native`` (default: True when the C kernel compiles) chooses the C kernel for the unfolds of
+    float32/float64 CPU tensors; False keeps everything in PyTorch. Both compute the same numbers.
     """
 
     time_aware = True
@@ -191,6 +248,9 @@ class LTC(RecurrentCore):
         self.register_buffer("_scatter", _one_hot(dst, units), persistent=False)
         self.register_buffer("_sensory_gather", _one_hot(sensory_src, input_size).t().contiguous(), persistent=False)
         self.register_buffer("_sensory_scatter", _one_hot(sensory_dst, units), persistent=False)
+        self.register_buffer("_pre", torch.tensor(src, dtype=torch.int64), persistent=False)
+        self.register_buffer("_post", torch.tensor(dst, dtype=torch.int64), persistent=False)
+        self._native = True
 
         def uniform(name: str, size: int) -> nn.Parameter:
             low, high = INIT_RANGES[name]
@@ -217,13 +277,31 @@ class LTC(RecurrentCore):
         base = torch.cat([gleak * self.vleak, gleak + self.epsilon])  # numerator | denominator constants
         sensory_scatter = self._synapse_scatter(self._sensory_scatter, self.sensory_w, self.sensory_erev)
         cm_unfold = F.softplus(self.cm) * self.ode_unfolds
-        recurrent = (
-            self._gather * self.sigma,
-            -self.sigma * self.mu,
-            self._synapse_scatter(self._scatter, self.w, self.erev),
-            self.ode_unfolds,
-        )
+        offset = -self.sigma * self.mu
+        kernel = self.kernel()
+        if kernel is not None:  # per-synapse vectors: gain, offset, w erev, w
+            w = F.softplus(self.w)
+            recurrent = (kernel, self.sigma, offset, w * self.erev, w, self.ode_unfolds)
+        else:  # routing matrices of the PyTorch path
+            scatter = self._synapse_scatter(self._scatter, self.w, self.erev)
+            recurrent = (None, self._gather * self.sigma, offset, scatter, self.ode_unfolds)
         return sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, recurrent
+
+    @property
+    def native(self) -> bool:
+        """Whether the unfolds may use the C kernel (see the class docstring)."""
+        return self._native
+
+    @native.setter
+    def native(self, value: bool) -> None:
+        self._native = bool(value)
+        self._derived_key = None  # the derived tensors differ between the two paths
+
+    def kernel(self):
+        """The C kernel for this core's dtype and device, or None (PyTorch path)."""
+        if not self._native or self.sigma.device.type != "cpu":
+            return None
+        return native.load_kernel(KERNEL_SOURCE, self.sigma.dtype)
 
     def precompute(self, inputs, elapsed):
         sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, recurrent = self.derived()
@@ -246,10 +324,13 @@ class LTC(RecurrentCore):
         return ltc_unfolds(v, drive, cm_t, gather, bias, scatter, unfolds)
 
     def run(self, per_step, shared, state):
-        if not torch.is_grad_enabled():
-            return super().run(per_step, shared, state)
-        # Training: the whole stretch in one autograd node with a hand-written backward pass.
-        states = _Sequence.apply(state, *per_step, *shared)
+        kernel, *recurrent = shared
+        if kernel is not None:
+            states = _NativeSequence.apply(kernel, self._pre, self._post, state, *per_step, *recurrent)
+        elif not torch.is_grad_enabled():
+            return super().run(per_step, tuple(recurrent), state)
+        else:  # training: the whole stretch in one autograd node with a hand-written backward pass
+            states = _Sequence.apply(state, *per_step, *recurrent)
         return self.readout(states), states[-1]
 
     def readout(self, states):

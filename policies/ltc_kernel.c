@@ -1,0 +1,167 @@
+/*
+ * LTC ODE unfolds over a sequence, forward and analytical backward (see policies/ltc.py).
+ *
+ * Compiled once per machine by policies/native.py, twice: with REAL=float and REAL=double.
+ * Layout is neuron-major: a potential is [N][B] (units x batch), so every synapse updates a
+ * contiguous row of B values and the inner loops vectorise over the batch.
+ *
+ * Per synapse s (presynaptic pre[s], postsynaptic post[s]):
+ *   a = sigmoid(gain[s] * v[pre[s]] + offset[s])
+ *   numerator[post[s]]   += w_erev[s] * a
+ *   denominator[post[s]] += w[s] * a
+ * and one unfold is v' = (numerator + cm_t v) / denominator, starting from the input-only
+ * drive (sensory synapses, leak, cm_t, epsilon) computed by the caller.
+ */
+#include <tgmath.h> /* exp() follows REAL */
+#include <stdint.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+
+#define ONE ((REAL)1)
+
+static inline REAL sigmoid(REAL x) {
+    return ONE / (ONE + exp(-x));
+}
+
+/* Synapse activations of one unfold: act [S][B] from potentials v [N][B]. */
+static void activations(int B, int S, const REAL *restrict v, const int64_t *restrict pre,
+                        const REAL *restrict gain, const REAL *restrict offset, REAL *restrict act) {
+    for (int s = 0; s < S; s++) {
+        const REAL *restrict vp = v + pre[s] * B;
+        REAL *restrict as = act + (int64_t)s * B;
+        const REAL g = gain[s], c = offset[s];
+        for (int b = 0; b < B; b++) as[b] = sigmoid(g * vp[b] + c);
+    }
+}
+
+/* One unfold from v to out; den receives the denominator, num is scratch ([N][B] each). */
+static void unfold(int B, int N, int S, const REAL *restrict v, const REAL *restrict drive,
+                   const REAL *restrict cm_t, const int64_t *restrict pre, const int64_t *restrict post,
+                   const REAL *restrict gain, const REAL *restrict offset, const REAL *restrict w_erev,
+                   const REAL *restrict w, REAL *restrict num, REAL *restrict den, REAL *restrict out) {
+    const int64_t size = (int64_t)N * B;
+    memcpy(num, drive, sizeof(REAL) * size);
+    memcpy(den, drive + size, sizeof(REAL) * size);
+    for (int s = 0; s < S; s++) {
+        const REAL *restrict vp = v + pre[s] * B;
+        REAL *restrict nq = num + post[s] * B;
+        REAL *restrict dq = den + post[s] * B;
+        const REAL g = gain[s], c = offset[s], wn = w_erev[s], wd = w[s];
+        for (int b = 0; b < B; b++) {
+            const REAL a = sigmoid(g * vp[b] + c);
+            nq[b] += wn * a;
+            dq[b] += wd * a;
+        }
+    }
+    for (int64_t i = 0; i < size; i++) out[i] = (num[i] + cm_t[i] * v[i]) / den[i];
+}
+
+/*
+ * T steps of K unfolds each.
+ *   v0 [N][B]; drive [T][2N][B] (numerator rows, then denominator rows); cm_t [T][N][B]
+ *   potential [T*K+1][N][B] receives the input of every unfold, then the final output
+ *   denominator [T*K][N][B] receives every unfold's denominator
+ *   scratch [N][B]
+ */
+void ltc_forward(int T, int K, int B, int N, int S, const REAL *v0, const REAL *drive, const REAL *cm_t,
+                 const int64_t *pre, const int64_t *post, const REAL *gain, const REAL *offset,
+                 const REAL *w_erev, const REAL *w, REAL *potential, REAL *denominator, REAL *scratch) {
+    const int64_t size = (int64_t)N * B;
+    memcpy(potential, v0, sizeof(REAL) * size);
+    for (int t = 0; t < T; t++) {
+        const REAL *drive_t = drive + 2 * size * t, *cm_t_t = cm_t + size * t;
+        for (int k = 0; k < K; k++) {
+            const int64_t j = (int64_t)t * K + k;
+            unfold(B, N, S, potential + size * j, drive_t, cm_t_t, pre, post, gain, offset, w_erev, w,
+                   scratch, denominator + size * j, potential + size * (j + 1));
+        }
+    }
+}
+
+/*
+ * Gradients of a loss through ltc_forward, given its dL/d(output of each step).
+ *   grad_states [T][N][B]: dL/d(potential after step t)
+ *   grad_v0 [N][B], grad_drive [T][2N][B], grad_cm_t [T][N][B]: written
+ *   grad_gain, grad_offset, grad_w_erev, grad_w [S]: written
+ *   scratch: K*S*B + 4*N*B values
+ * For one unfold v' = (n + c v) / d with upstream gradient g: dL/dn = g/d, dL/dd = -g v'/d,
+ * dL/dc = (g/d) v, and dL/dv = c g/d plus the synapse path through the activations.
+ */
+void ltc_backward(int T, int K, int B, int N, int S, const REAL *potential, const REAL *denominator,
+                  const REAL *cm_t, const int64_t *pre, const int64_t *post, const REAL *gain,
+                  const REAL *offset, const REAL *w_erev, const REAL *w, const REAL *grad_states,
+                  REAL *grad_v0, REAL *grad_drive, REAL *grad_cm_t, REAL *grad_gain, REAL *grad_offset,
+                  REAL *grad_w_erev, REAL *grad_w, REAL *scratch) {
+    const int64_t size = (int64_t)N * B;
+    REAL *act = scratch;                             /* [K][S][B] activations of one step */
+    REAL *g_num = act + (int64_t)K * S * B;          /* [N][B] dL/dn */
+    REAL *g_den = g_num + size;                      /* [N][B] dL/dd */
+    REAL *grad = g_den + size;                       /* [N][B] dL/d(output of the unfold) */
+    REAL *grad_in = grad + size;                     /* [N][B] dL/d(input of the unfold) */
+    memset(grad_gain, 0, sizeof(REAL) * S);
+    memset(grad_offset, 0, sizeof(REAL) * S);
+    memset(grad_w_erev, 0, sizeof(REAL) * S);
+    memset(grad_w, 0, sizeof(REAL) * S);
+    memcpy(grad, grad_states + size * (T - 1), sizeof(REAL) * size);
+    for (int t = T - 1; t >= 0; t--) {
+        const REAL *restrict cm_t_t = cm_t + size * t;
+        REAL *restrict g_drive_num = grad_drive + 2 * size * t;
+        REAL *restrict g_drive_den = g_drive_num + size;
+        REAL *restrict g_cm = grad_cm_t + size * t;
+        memset(g_drive_num, 0, sizeof(REAL) * 2 * size);
+        memset(g_cm, 0, sizeof(REAL) * size);
+        for (int k = 0; k < K; k++)
+            activations(B, S, potential + size * ((int64_t)t * K + k), pre, gain, offset,
+                        act + (int64_t)k * S * B);
+        for (int k = K - 1; k >= 0; k--) {
+            const int64_t j = (int64_t)t * K + k;
+            const REAL *restrict v_in = potential + size * j;
+            const REAL *restrict v_out = potential + size * (j + 1);
+            const REAL *restrict d = denominator + size * j;
+            const REAL *restrict act_k = act + (int64_t)k * S * B;
+            REAL *restrict gn = g_num, *restrict gd = g_den, *restrict gv = grad_in;
+            const REAL *restrict gin = grad;
+            for (int64_t i = 0; i < size; i++) {
+                const REAL n = gin[i] / d[i];
+                gn[i] = n;
+                gd[i] = -n * v_out[i];
+                g_drive_num[i] += n;
+                g_drive_den[i] += gd[i];
+                g_cm[i] += n * v_in[i];
+                gv[i] = cm_t_t[i] * n;
+            }
+            for (int s = 0; s < S; s++) {
+                const REAL *restrict a = act_k + (int64_t)s * B;
+                const REAL *restrict vp = v_in + pre[s] * B;
+                const REAL *restrict gnq = gn + post[s] * B, *restrict gdq = gd + post[s] * B;
+                REAL *restrict gvp = gv + pre[s] * B;
+                const REAL g = gain[s], wn = w_erev[s], wd = w[s];
+                REAL sum_wn = 0, sum_wd = 0, sum_x = 0, sum_xv = 0;
+                for (int b = 0; b < B; b++) {
+                    const REAL ab = a[b];
+                    sum_wn += ab * gnq[b];
+                    sum_wd += ab * gdq[b];
+                    const REAL gx = (wn * gnq[b] + wd * gdq[b]) * ab * (ONE - ab);
+                    sum_x += gx;
+                    sum_xv += gx * vp[b];
+                    gvp[b] += g * gx;
+                }
+                grad_w_erev[s] += sum_wn;
+                grad_w[s] += sum_wd;
+                grad_offset[s] += sum_x;
+                grad_gain[s] += sum_xv;
+            }
+            REAL *swap = grad;
+            grad = grad_in;
+            grad_in = swap;
+        }
+        if (t > 0) {
+            const REAL *restrict upstream = grad_states + size * (t - 1);
+            for (int64_t i = 0; i < size; i++) grad[i] += upstream[i];
+        }
+    }
+    memcpy(grad_v0, grad, sizeof(REAL) * size);
+}
