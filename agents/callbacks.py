@@ -7,9 +7,12 @@ checkpoint holds exactly the weights, optimiser and counters an uninterrupted ru
 from __future__ import annotations
 
 import csv
+import dataclasses
+import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,96 +22,84 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from agents.checkpoint import atomic_write, save_checkpoint
-from agents.metrics import wilson_interval
+from agents.metrics import EpisodeResult, Summary
 
 EVAL_COLUMNS = ("timesteps", "success_rate", "crash_rate", "mean_reward", "std_reward", "mean_length", "wall_time_s")
 
 
 @dataclass(frozen=True)
-class Episode:
-    success: bool
-    crashed: bool
-    length: int
-    reward: float
+class EvalSummary(Summary):
+    """`agents.metrics.Summary` of evaluation episodes, plus the spread of their rewards (eval.csv)."""
 
-
-@dataclass(frozen=True)
-class EvalSummary:
-    """Outcome rates over a set of evaluation episodes."""
-
-    episodes: int
-    success_rate: float
-    success_low: float
-    success_high: float
-    crash_rate: float
-    timeout_rate: float
-    mean_reward: float
-    std_reward: float
-    mean_length: float
+    std_reward: float = math.nan
 
     @classmethod
-    def of(cls, episodes: list[Episode]) -> EvalSummary:
-        n = len(episodes)
-        successes = sum(e.success for e in episodes)
-        crashes = sum(e.crashed and not e.success for e in episodes)
-        low, high = wilson_interval(successes, n)
-        rewards = np.array([e.reward for e in episodes])
-        return cls(
-            episodes=n,
-            success_rate=successes / n,
-            success_low=low,
-            success_high=high,
-            crash_rate=crashes / n,
-            timeout_rate=(n - successes - crashes) / n,
-            mean_reward=float(rewards.mean()),
-            std_reward=float(rewards.std()),
-            mean_length=float(np.mean([e.length for e in episodes])),
-        )
+    def of(cls, episodes: Sequence[EpisodeResult]) -> EvalSummary:
+        summary = super().of(episodes)
+        return dataclasses.replace(summary, std_reward=float(np.std([e.reward for e in episodes])))
+
+    @property
+    def mean_length(self) -> float:
+        """Mean episode length in env steps."""
+        return self.mean_steps
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {**super().as_dict(), "mean_length": self.mean_length}
 
     def __str__(self) -> str:
-        return (
-            f"success {100 * self.success_rate:.1f} % (95 % CI {100 * self.success_low:.1f}-"
-            f"{100 * self.success_high:.1f}), crash {100 * self.crash_rate:.1f} %, timeout "
-            f"{100 * self.timeout_rate:.1f} % over {self.episodes} episodes; mean reward "
-            f"{self.mean_reward:.2f}, mean length {self.mean_length:.0f} steps"
-        )
+        return f"{super().__str__()}; mean reward {self.mean_reward:.2f}, mean length {self.mean_length:.0f} steps"
 
 
 def evaluate_episodes(
     model: BaseAlgorithm, venv: VecEnv, n_episodes: int, deterministic: bool = True, seed: int | None = None
-) -> list[Episode]:
+) -> list[EpisodeResult]:
     """Run ``n_episodes`` full episodes, spread evenly over the envs of ``venv``.
 
     Recurrent state is carried step by step and reset where an episode ends. Each env runs a fixed
     number of episodes (as SB3's evaluate_policy does) so that short episodes are not over-counted.
+    An episode's ``seed`` field is its index in the returned list; its outcome is exactly one of
+    success, crash (without success) and timeout (neither).
     """
     n_envs = venv.num_envs
     targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
     counts = np.zeros(n_envs, dtype=int)
     returns = np.zeros(n_envs)
     lengths = np.zeros(n_envs, dtype=int)
-    episodes: list[Episode] = []
+    times = np.zeros(n_envs)
+    changes = np.zeros(n_envs)  # sum of |a_t - a_{t-1}| over the episode's steps and action entries
+    previous: np.ndarray | None = None
+    episodes: list[EpisodeResult] = []
     if seed is not None:
         venv.seed(seed)
     obs = venv.reset()
+    shortest = venv.env_method("shortest_path_length")
     state = None
     starts = np.ones(n_envs, dtype=bool)
     while (counts < targets).any():
         actions, state = model.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
+        flat = np.asarray(actions, dtype=np.float64).reshape(n_envs, -1)
+        if previous is not None:
+            changes += np.where(starts, 0.0, np.abs(flat - previous).sum(axis=1))
+        previous = flat
         obs, rewards, dones, infos = venv.step(actions)
         returns += rewards
         lengths += 1
+        times += [info.get("dt", math.nan) for info in infos]
         for i in np.flatnonzero(dones):
             if counts[i] < targets[i]:
                 info = infos[i]
-                episodes.append(
-                    Episode(bool(info.get("is_success", False)), bool(info.get("crashed", False)), int(lengths[i]), float(returns[i]))
-                )
+                success = bool(info.get("is_success", False))
+                crashed = bool(info.get("crashed", False)) and not success
+                steps = int(lengths[i])
+                episodes.append(EpisodeResult(
+                    seed=len(episodes), success=success, crashed=crashed, timeout=not (success or crashed),
+                    steps=steps, time_s=float(times[i]), path_length_m=float(info.get("path_length", math.nan)),
+                    shortest_path_m=shortest[i], final_distance_m=float(info.get("distance_to_goal", math.nan)),
+                    action_smoothness=float(changes[i] / ((steps - 1) * flat.shape[1])) if steps > 1 else math.nan,
+                    reward=float(returns[i])))
                 counts[i] += 1
-            returns[i], lengths[i] = 0.0, 0
+                shortest[i] = venv.env_method("shortest_path_length", indices=[i])[0]  # of the next episode
+            returns[i], lengths[i], times[i], changes[i] = 0.0, 0, 0.0, 0.0
         starts = dones
     return episodes
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch as th
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -111,6 +113,52 @@ def test_rollout_buffer_states_round_trip_to_identical_log_probs(core, critic):
             mask = batch.mask > 0
             th.testing.assert_close(log_prob[mask], batch.old_log_prob[mask], rtol=1e-4, atol=1e-4)
             th.testing.assert_close(values.flatten()[mask], batch.old_values[mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("core,critic", [("lstm", "separate"), ("gru", "separate"), ("cfc", "shared"),
+                                         ("ltc", "separate"), ("ncp-cfc", "mlp"), ("ncp-ltc", "separate")])
+def test_rollout_step_is_bit_identical_to_sb3_contrib_distribution_path(core, critic):
+    """The direct one-step path (forward, predict_values, _predict) against sb3-contrib's, which
+    builds SB3 Distribution objects: same actions for the same seed, same log-probs, values, states."""
+    policy = small_model(core, n_envs=3, critic=critic).policy
+    n_envs, generator = 4, th.Generator().manual_seed(3)
+    obs = th.randn(n_envs, policy.observation_space.shape[0], generator=generator)
+    if core in TIME_AWARE:
+        obs[:, -1] = th.rand(n_envs, generator=generator) * 0.05
+    hidden = th.randn(2, 1, n_envs, policy.lstm_actor.hidden_size, generator=generator)
+    states = RNNStates((hidden[0], hidden[1]), (hidden[1] * 0.5, hidden[0] * 0.5))
+    starts = th.tensor([0.0, 1.0, 0.0, 0.0])
+    for tweak in (0.0, 0.3):  # the cached std follows an in-place change of log_std
+        with th.no_grad():
+            policy.log_std.add_(tweak)
+            assert policy._one_step(starts, states.pi)
+            for deterministic in (False, True):
+                th.manual_seed(7)
+                fast = policy(obs, states, starts, deterministic)
+                th.manual_seed(7)
+                reference = RecurrentActorCriticPolicy.forward(policy, obs, states, starts, deterministic)
+                for a, b in zip(fast[:3], reference[:3]):
+                    assert th.equal(a, b)
+                for a, b in zip(fast[3].pi + fast[3].vf, reference[3].pi + reference[3].vf):
+                    assert th.equal(a, b)
+                if not deterministic:
+                    sampled = fast
+            assert th.equal(policy.predict_values(obs, states.vf, starts),
+                            RecurrentActorCriticPolicy.predict_values(policy, obs, states.vf, starts))
+            th.manual_seed(8)
+            actions, next_pi = policy._predict(obs, states.pi, starts)
+            th.manual_seed(8)
+            ref_actions, ref_pi = RecurrentActorCriticPolicy._predict(policy, obs, states.pi, starts)
+            assert th.equal(actions, ref_actions) and all(th.equal(a, b) for a, b in zip(next_pi, ref_pi))
+        # The PPO update's sequence path (evaluate_actions, with gradients) scores the sampled actions alike.
+        actions, values, log_prob, _ = sampled
+        update_values, update_log_prob, _ = policy.evaluate_actions(obs, actions, states, starts)
+        th.testing.assert_close(update_log_prob.detach(), log_prob, rtol=1e-6, atol=1e-5)
+        th.testing.assert_close(update_values.detach(), values, rtol=1e-6, atol=1e-6)
+    # The next step reads the states the last one returned without copying them.
+    with th.no_grad():
+        next_states = policy(obs, states, starts)[3]
+        assert policy.lstm_actor.unpack(next_states.pi).data_ptr() == next_states.pi[0].data_ptr()
 
 
 def test_time_aware_core_reads_step_duration_and_other_cores_ignore_it():

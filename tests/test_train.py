@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
+from agents.callbacks import EvalSummary, evaluate_episodes
 from agents.checkpoint import CheckpointError, list_checkpoints
 from agents.config import ConfigError, load_config, read_run_config
+from agents.metrics import Summary, action_smoothness
 from agents.train import algorithm_class, make_vec_env, train, uses_time_input
 from policies import CORE_NAMES
 
@@ -161,3 +163,40 @@ def test_subprocess_and_in_process_envs_give_the_same_seeded_episodes():
         trajectories.append(np.stack(observations))
     np.testing.assert_array_equal(trajectories[0], trajectories[1])
     assert np.all(trajectories[0][..., -1] > 0)  # the appended step duration
+
+
+class _RandomPilot:
+    """Stands in for a model in `evaluate_episodes`: uniform random actions, recorded per env and episode."""
+
+    def __init__(self, n_envs: int) -> None:
+        self.rng = np.random.default_rng(0)
+        self.flown: list[list[list[np.ndarray]]] = [[] for _ in range(n_envs)]
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        actions = self.rng.uniform(-1, 1, size=(len(obs), 4)).astype(np.float32)
+        for env, (start, action) in enumerate(zip(episode_start, actions)):
+            if start:
+                self.flown[env].append([])
+            self.flown[env][-1].append(action)
+        return actions, state
+
+
+def test_training_evaluation_rows_summarise_with_the_evaluate_metrics():
+    config = load_config("hover-gru", ["env.kwargs={episode_seconds: 0.5}"])
+    venv = make_vec_env(config, 2, seed=1, time_input=False)
+    pilot = _RandomPilot(2)
+    episodes = evaluate_episodes(pilot, venv, 5, seed=1)
+    venv.close()
+    assert len(episodes) == 5
+    assert all(e.success + e.crashed + e.timeout == 1 for e in episodes)
+    assert all(0 < e.shortest_path_m < 2 and e.path_length_m > 0 and e.time_s > 0 for e in episodes)
+    # Each row's smoothness is that of one flown episode's actions (as `agents.evaluate` computes it).
+    flown = {(len(a), round(action_smoothness(np.array(a)), 9)) for env in pilot.flown for a in env}
+    assert all((e.steps, round(e.action_smoothness, 9)) in flown for e in episodes)
+
+    summary = EvalSummary.of(episodes)
+    np.testing.assert_equal({k: v for k, v in summary.as_dict().items() if k not in ("std_reward", "mean_length")},
+                            Summary.of(episodes).as_dict())
+    assert summary.success_rate + summary.crash_rate + summary.timeout_rate == pytest.approx(1.0)
+    assert summary.mean_length == np.mean([e.steps for e in episodes])
+    assert summary.std_reward == pytest.approx(np.std([e.reward for e in episodes]))
