@@ -18,12 +18,17 @@ layers ``l`` computing per step
 so they share one step (:meth:`_StackedCfC.step`) and one fused training pass.
 
 Speed: the input projection is one matmul over all steps; per step, the recurrent parts of all
-layers are one matmul (block-diagonal for stacked layers). In training, a custom autograd
-function runs the whole sequence and its hand-written backward pass, and accumulates the weight
-gradients with one matmul per weight and step.
+layers are one matmul (block-diagonal for stacked layers); every weight is stored as the
+contiguous right operand of its matmul. In training, a custom autograd function (:class:`_Sequence`
+with :class:`_FusedPass`) runs a whole stretch of steps and its hand-written backward pass with
+``out=`` and in-place ops on ``[T, B, ...]`` buffers: the backward step of the update is one
+product with coefficients computed for all steps at once, and each weight gradient is one matmul
+over all ``T * B`` rows at the end.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -39,179 +44,282 @@ _aten = torch.ops.aten
 
 class Activation:
     """A backbone activation ``outer * f(inner * z)``. The scales are folded into the adjacent
-    weights, so a step applies ``f`` alone: ``forward(z, in_place)`` computes it and
-    ``backward(grad, saved, out=None)`` maps the gradient of its output to that of its input,
-    from the output (or, if ``saves_input``, the input) that the forward pass saved."""
+    weights, so a step applies ``f`` alone: ``function(z, out=None)`` computes it (with autograd, or
+    into ``out``, which may be ``z``) and ``backward(grad, saved, out)`` writes the gradient of its
+    input into ``out`` (which may be ``grad``), from its output or, if ``saves_input``, its input."""
 
-    def __init__(self, forward, backward, inner=1.0, outer=1.0, saves_input=False):
-        self.forward, self.backward = forward, backward
-        self.inner, self.outer, self.saves_input = inner, outer, saves_input
+    def __init__(self, function, backward_op, *extra, inner=1.0, outer=1.0, saves_input=False):
+        self.function, self.inner, self.outer, self.saves_input = function, inner, outer, saves_input
+        self._backward, self._extra = backward_op.grad_input, extra
 
-    def __call__(self, z: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor]:
-        """``(f(z), saved)``; ``in_place`` may overwrite ``z``."""
-        out = self.forward(z, in_place and not self.saves_input)
-        return out, (z if self.saves_input else out)
+    def backward(self, grad: Tensor, saved: Tensor, out: Tensor) -> Tensor:
+        return self._backward(grad, saved, *self._extra, grad_input=out)
 
 
-def _backward(op, *extra):
-    """An aten ``*_backward`` op as ``(grad, saved, out=None) -> gradient of the input``."""
-    def apply(grad, saved, out=None):
-        if out is None:
-            return op(grad, saved, *extra)
-        return op.grad_input(grad, saved, *extra, grad_input=out)
-    return apply
-
-
-def _tanh(z, in_place):
-    return z.tanh_() if in_place else torch.tanh(z)
+def _aten_function(op):
+    """``f(z, out=None)`` from an aten op with an ``out`` overload."""
+    return lambda z, out=None: op.default(z) if out is None else op.out(z, out=out)
 
 
 ACTIVATIONS = {
     # LeCun's scaled tanh 1.7159 tanh(2/3 z), with the 0.666 of ncps
-    "lecun_tanh": Activation(_tanh, _backward(_aten.tanh_backward), inner=0.666, outer=1.7159),
-    "tanh": Activation(_tanh, _backward(_aten.tanh_backward)),
-    "relu": Activation(lambda z, in_place: z.relu_() if in_place else torch.relu(z),
-                       _backward(_aten.threshold_backward, 0)),
-    "silu": Activation(lambda z, _: torch.nn.functional.silu(z), _backward(_aten.silu_backward), saves_input=True),
-    "gelu": Activation(lambda z, _: torch.nn.functional.gelu(z), _backward(_aten.gelu_backward), saves_input=True),
+    "lecun_tanh": Activation(torch.tanh, _aten.tanh_backward, inner=0.666, outer=1.7159),
+    "tanh": Activation(torch.tanh, _aten.tanh_backward),
+    "relu": Activation(_aten_function(_aten.relu), _aten.threshold_backward, 0),
+    "silu": Activation(_aten_function(_aten.silu), _aten.silu_backward, saves_input=True),
+    "gelu": Activation(_aten_function(_aten.gelu), _aten.gelu_backward, saves_input=True),
 }
 
 
 def cfc_update(heads: Tensor, elapsed: Tensor, mode: str, tau: Tensor | None = None,
-               amplitude: Tensor | None = None, keep: list | None = None) -> Tensor:
+               amplitude: Tensor | None = None) -> Tensor:
     """The CfC solution from the heads ``[B, 4H]`` (``f1 | f2 | a | b``; ``[B, H]`` = ``f1`` in pure
     mode) and the elapsed time ``[B, 1]``; ``tau = |w_tau|`` and ``amplitude = A`` for pure mode.
-    ``keep`` receives the intermediates :func:`cfc_update_backward` needs."""
+    (The fused training pass computes the same in place: :class:`_GatedUpdate`, :class:`_PureUpdate`.)"""
     if mode == "pure":
-        decay = torch.exp(-elapsed * (tau + heads.abs()))
-        if keep is not None:
-            keep.append(decay)
-        return amplitude - amplitude * decay * heads
+        return amplitude - amplitude * torch.exp(-elapsed * (tau + heads.abs())) * heads
     hidden = heads.shape[1] // 4
-    squashed = torch.tanh(heads[:, : 2 * hidden])
-    f1, f2 = squashed.chunk(2, dim=1)
+    f1, f2 = torch.tanh(heads[:, : 2 * hidden]).chunk(2, dim=1)
     gate = torch.sigmoid(torch.addcmul(heads[:, 3 * hidden :], heads[:, 2 * hidden : 3 * hidden], elapsed))
-    if keep is not None:
-        keep += [squashed, gate]
     return torch.addcmul(f1, gate, f2) if mode == "no_gate" else torch.lerp(f1, f2, gate)
 
 
-def cfc_update_backward(grad, kept, heads, elapsed, mode, tau, amplitude, out, need_elapsed):
-    """Gradient of :func:`cfc_update` for the upstream ``grad`` ``[B, H]``: writes dL/d(heads) into
-    ``out`` and returns dL/d(elapsed) ``[B, 1]`` (if ``need_elapsed``, needing ``heads``) and, in
-    pure mode, per-sample dL/d(tau) and dL/d(amplitude) ``[B, H]``."""
-    if mode == "pure":
-        (decay,) = kept
-        product = decay * heads  # e f1
-        magnitude = heads.abs()
-        torch.mul((elapsed * magnitude).sub_(1.0).mul_(decay), amplitude * grad, out=out)  # -A e (1 - dt|f1|) g
-        common = amplitude * product * grad  # A e f1 g
-        g_dt = (common * (tau + magnitude)).sum(1, keepdim=True) if need_elapsed else None
-        return g_dt, common * elapsed, (1.0 - product) * grad
-    squashed, gate = kept
-    g_f1, g_f2, g_a, g_b = out.chunk(4, dim=1)
-    f1, f2 = squashed.chunk(2, dim=1)
-    torch.mul(grad, gate, out=g_f2)
-    if mode == "no_gate":
-        g_f1.copy_(grad)
-        through = grad * f2
-    else:
-        torch.sub(grad, g_f2, out=g_f1)
-        through = grad * (f2 - f1)
-    squashed_grad = out[:, : 2 * grad.shape[1]]
-    _aten.tanh_backward.grad_input(squashed_grad, squashed, grad_input=squashed_grad)
-    _aten.sigmoid_backward.grad_input(through, gate, grad_input=g_b)
-    torch.mul(g_b, elapsed, out=g_a)
-    if not need_elapsed:
-        return None, None, None
-    return (g_b * heads[:, 2 * grad.shape[1] : 3 * grad.shape[1]]).sum(1, keepdim=True), None, None
+def _per_step(tensor: Tensor) -> tuple[Tensor, ...]:
+    """The views ``[B, ...]`` of a ``[T, B, ...]`` tensor, made in one call: much cheaper than
+    indexing inside the loop."""
+    return tensor.unbind(0)
+
+
+def _by_head(tensor: Tensor, heads_per_neuron: int) -> Tensor:
+    """``[T, B, k n]`` as ``[T, k, B, n]`` (a view), so that a step's ``[k, B, n]`` broadcasts with ``[B, n]``."""
+    return tensor.unflatten(-1, (heads_per_neuron, -1)).transpose(1, 2)
+
+
+def _rows(tensor: Tensor) -> Tensor:
+    """``[T, B, n]`` as ``[T * B, n]``."""
+    return tensor.reshape(-1, tensor.shape[-1])
+
+
+class _GatedUpdate:
+    """The ``default`` / ``no_gate`` update of one layer in the fused pass.
+
+    The forward pass turns the heads ``[T, B, 4n]`` (``f1 | f2 | a | b``) step by step into
+    ``tanh f1 | tanh f2 | a | gate`` in place and writes the new states. The gradient of the heads
+    is the gradient of the new state times, per head, a coefficient that depends on forward values
+    only: :meth:`coefficients` computes them for all steps at once, so that a backward step is a
+    single product.
+    """
+
+    heads_per_neuron = 4
+
+    def __init__(self, mode: str, heads: Tensor, elapsed: Tensor):
+        self.heads, self.elapsed, self.no_gate = heads, elapsed, mode == "no_gate"
+        self.combine = torch.addcmul if self.no_gate else torch.lerp  # f1 + f2 gate | f1 + (f2 - f1) gate
+        self.steps = list(zip(*(_per_step(x) for x in (elapsed, *self.parts(heads)))))
+        self.elapsed_coefficient: Tensor | None = None
+
+    @staticmethod
+    def parts(heads: Tensor) -> tuple[Tensor, ...]:
+        """``f1 | f2`` (one view), ``f1``, ``f2``, ``a``, ``b`` of ``heads [..., 4n]``."""
+        n = heads.shape[-1] // 4
+        f1, f2, a, b = heads.split(n, dim=-1)
+        return heads[..., : 2 * n], f1, f2, a, b
+
+    def forward(self, t: int, out: Tensor) -> None:
+        elapsed, f, f1, f2, a, b = self.steps[t]
+        f.tanh_()
+        b.addcmul_(a, elapsed).sigmoid_()
+        self.combine(f1, f2, b, out=out)
+
+    def coefficients(self, out: Tensor, need_elapsed: bool) -> None:
+        """Writes d(new state)/d(heads) into ``out [T, B, 4n]``; keeps d(new state)/d(elapsed) per
+        neuron in ``elapsed_coefficient`` if ``need_elapsed``."""
+        _, f1, f2, a, gate = self.parts(self.heads)
+        _, c_f1, c_f2, c_a, c_b = self.parts(out)
+        # dh/d(f head) = dh/d(tanh f) (1 - tanh^2 f), dh/db = dh/d(gate) gate (1 - gate), dh/da = dh/db dt
+        _aten.tanh_backward.grad_input(gate.new_ones(()).expand_as(gate), f1, grad_input=c_f1)
+        _aten.tanh_backward.grad_input(gate, f2, grad_input=c_f2)
+        if self.no_gate:  # h = tanh f1 + tanh f2 gate
+            _aten.sigmoid_backward.grad_input(f2, gate, grad_input=c_b)
+        else:  # h = tanh f1 (1 - gate) + tanh f2 gate
+            c_f1.addcmul_(gate, c_f1, value=-1.0)
+            _aten.sigmoid_backward.grad_input(torch.sub(f2, f1, out=c_b), gate, grad_input=c_b)
+        self.elapsed_coefficient = c_b * a if need_elapsed else None  # dh/d(dt) = dh/db a
+        torch.mul(c_b, self.elapsed, out=c_a)
+
+    def sums(self, g_states: Tensor, need_elapsed: bool) -> tuple:
+        """dL/d(elapsed) ``[T, B, 1]`` (if ``need_elapsed``) and the pure-mode gradients (none),
+        from the gradients of the new states ``[T, B, n]``."""
+        g_dt = (g_states * self.elapsed_coefficient).sum(-1, keepdim=True) if need_elapsed else None
+        return g_dt, None, None
+
+
+class _PureUpdate:
+    """The ``pure`` update of one layer in the fused pass (the methods as in :class:`_GatedUpdate`);
+    keeps the heads ``f1`` and, in ``decay``, ``e = exp(-dt (tau + |f1|))`` of every step."""
+
+    heads_per_neuron = 1
+
+    def __init__(self, heads: Tensor, decay: Tensor, elapsed: Tensor, tau: Tensor, amplitude: Tensor):
+        self.heads, self.decay, self.elapsed, self.tau, self.amplitude = heads, decay, elapsed, tau, amplitude
+        self.steps = list(zip(_per_step(elapsed), _per_step(heads), _per_step(decay)))
+
+    def forward(self, t: int, out: Tensor) -> None:
+        elapsed, f1, decay = self.steps[t]
+        torch.abs(f1, out=decay).add_(self.tau).mul_(elapsed).neg_().exp_()
+        torch.mul(self.amplitude, decay, out=out).mul_(f1)
+        torch.sub(self.amplitude, out, out=out)
+
+    def coefficients(self, out: Tensor, need_elapsed: bool) -> None:
+        # dh/d(f1) = -A e (1 - dt |f1|)
+        torch.abs(self.heads, out=out).mul_(self.elapsed).sub_(1.0).mul_(self.decay).mul_(self.amplitude)
+
+    def sums(self, g_states: Tensor, need_elapsed: bool) -> tuple:
+        """dL/d(elapsed) ``[T, B, 1]`` (if ``need_elapsed``), dL/d(tau) and dL/d(A)."""
+        product = self.decay * self.heads  # e f1
+        common = self.amplitude * product * g_states  # A e f1 g
+        g_dt = (common * (self.tau + self.heads.abs())).sum(-1, keepdim=True) if need_elapsed else None
+        g_tau = (common * self.elapsed).sum((0, 1)).view_as(self.tau)
+        return g_dt, g_tau, ((1.0 - product) * g_states).sum((0, 1)).view_as(self.amplitude)
+
+
+class _FusedPass:
+    """Buffers and loops of one training pass of a :class:`_StackedCfC` over a stretch of T steps.
+
+    Every per-step tensor lives in a ``[T, B, ...]`` buffer, so both loops run ``out=`` and in-place
+    ops on views made once, and each weight gradient is one matmul over all ``T * B`` rows at the
+    end. Kept for the backward pass: ``z[0]`` = the pre-activations ``x W_in + b + h W_rec``, then
+    per backbone layer its activation (in place over ``z[d]`` unless the activation saves its input,
+    then in ``a[d]``) and its output ``z[d + 1]``; the last is the heads, which the update turns into
+    its intermediates. Only single-layer stacks have a backbone (:class:`CfC`); stacked layers
+    (:class:`WiredCfC`) have none.
+
+    All these buffers (and the backward pass's) are views of one allocation: as separate tensors
+    of a few MB each, glibc's malloc handed their memory back to the system after every pass and
+    the next pass paid a page fault per 4 KiB again (~10 % of the time).
+    """
+
+    def __init__(self, core: _StackedCfC, inputs: Tensor, elapsed: Tensor, input_w: Tensor, bias: Tensor,
+                 recurrent: Tensor, feeds: list[Tensor], backbone: list[tuple[Tensor, Tensor]], pure: list[tuple]):
+        self.core, self.activation = core, ACTIVATIONS[core.activation]
+        self.inputs, self.input_w, self.recurrent = inputs, input_w, recurrent
+        self.feeds, self.backbone = feeds, backbone
+        steps, batch = inputs.shape[:2]
+        widths = [input_w.shape[1]] + [weight.shape[1] for weight, _ in backbone]
+        saves_input = self.activation.saves_input
+        shapes = [(steps, batch, w) for w in widths]  # z
+        shapes += [(steps, batch, w) for w in widths[:-1]] if saves_input else []  # a
+        shapes += [(steps, batch, w) for w in widths]  # gradients of z
+        shapes += [(steps, batch, core.state_size)] * (2 if core.mode == "pure" else 1)  # state gradients, decay
+        sizes = [math.prod(shape) for shape in shapes]
+        buffers = [part.view(shape) for part, shape in zip(inputs.new_empty(sum(sizes)).split(sizes), shapes)]
+        depth = len(backbone)
+        self.z, buffers = buffers[: depth + 1], buffers[depth + 1 :]
+        self.a, buffers = (buffers[:depth], buffers[depth:]) if saves_input else (self.z[:-1], buffers)
+        self.g_z, self.g_states = buffers[: depth + 1], buffers[depth + 1]
+        # Each z starts as its input and bias terms; the steps add their matmul in place.
+        torch.addmm(bias, _rows(inputs), input_w, out=_rows(self.z[0]))
+        for z, (_, b) in zip(self.z[1:], backbone):
+            z.copy_(b.expand_as(z))
+        heads = core.split(self.z[-1], core.widths)
+        if core.mode == "pure":
+            decay = core.split(buffers[depth + 2], core.layer_sizes)
+            self.updates = [_PureUpdate(*args, elapsed, *values) for *args, values in zip(heads, decay, pure)]
+        else:
+            self.updates = [_GatedUpdate(core.mode, h, elapsed) for h in heads]
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Runs the steps from the state ``h``; returns the states ``[T, B, N]``."""
+        core, function, backbone = self.core, self.activation.function, self.backbone
+        recurrent, feeds, updates = self.recurrent, self.feeds, self.updates
+        states = self.z[0].new_empty(*self.z[0].shape[:2], core.state_size)
+        z = [_per_step(x) for x in self.z]
+        a = [z[d] if x is self.z[d] else _per_step(x) for d, x in enumerate(self.a)]
+        state_steps = _per_step(states)
+        layer_states = [state_steps]  # per layer
+        if len(updates) > 1:
+            layer_states = [_per_step(x) for x in core.split(states, core.layer_sizes)]
+        fed = [_per_step(x) for x in core.split(self.z[-1], core.widths)[1:]]  # heads of the layers after the first
+        for t in range(len(state_steps)):
+            z[0][t].addmm_(h, recurrent)
+            for d, (weight, _) in enumerate(backbone):
+                function(z[d][t], out=a[d][t])
+                z[d + 1][t].addmm_(a[d][t], weight)
+            for index, update in enumerate(updates):
+                if index:
+                    fed[index - 1][t].addmm_(layer_states[index - 1][t], feeds[index - 1])
+                update.forward(t, layer_states[index][t])
+            h = state_steps[t]
+        return states
+
+    def backward(self, h: Tensor, states: Tensor, grad_states: Tensor, need_inputs: bool, need_elapsed: bool) -> tuple:
+        """Gradients of ``h``, the inputs (if ``need_inputs``), the elapsed times (if ``need_elapsed``),
+        the input weight and bias, the recurrent weight, the feeds, the backbone ``(weight, bias)``
+        pairs and the pure ``(tau, A)``."""
+        core, backward, updates, g_z = self.core, self.activation.backward, self.updates, self.g_z
+        # the transposed weights as contiguous right operands too (see _StackedCfC)
+        recurrent_t = self.recurrent.t().contiguous()
+        feeds_t = [weight.t().contiguous() for weight in self.feeds]
+        backbone_t = [weight.t().contiguous() for weight, _ in self.backbone]
+        # dL/d(state after step t): from the outputs now, from the later steps as the loop goes
+        g_states = self.g_states.copy_(grad_states)
+        layer_g_states = core.split(g_states, core.layer_sizes)
+        g_heads = core.split(g_z[-1], core.widths)
+        for update, g in zip(updates, g_heads):  # the loop multiplies them by the state gradients in place
+            update.coefficients(g, need_elapsed)
+        g_heads_by_head = [_per_step(_by_head(g, u.heads_per_neuron)) for g, u in zip(g_heads, updates)]
+        g_state_steps = _per_step(g_states)
+        layer_g_steps = [g_state_steps] if len(updates) == 1 else [_per_step(g) for g in layer_g_states]
+        g_fed = [_per_step(g) for g in g_heads[1:]]
+        z, g_z_steps = [_per_step(x) for x in self.z[:-1]], [_per_step(x) for x in g_z]
+        for t in reversed(range(len(g_state_steps))):
+            for index in reversed(range(len(updates))):
+                g_heads_by_head[index][t].mul_(layer_g_steps[index][t])
+                if index:
+                    layer_g_steps[index - 1][t].addmm_(g_fed[index - 1][t], feeds_t[index - 1])
+            for d in reversed(range(len(backbone_t))):
+                torch.mm(g_z_steps[d + 1][t], backbone_t[d], out=g_z_steps[d][t])
+                backward(g_z_steps[d][t], z[d][t], out=g_z_steps[d][t])
+            if t:
+                g_state_steps[t - 1].addmm_(g_z_steps[0][t], recurrent_t)
+        g_pre = _rows(g_z[0])  # dL/d(x W_in + b + h W_rec) of every step
+        g_inputs = g_pre.mm(self.input_w.t()).view_as(self.inputs) if need_inputs else None
+        g_h = g_z[0][0].mm(recurrent_t)
+        g_recurrent = h.t().mm(g_z[0][0]).addmm_(_rows(states[:-1]).t(), _rows(g_z[0][1:]))
+        g_feeds = [_rows(x).t().mm(_rows(g)) for x, g in zip(core.split(states, core.layer_sizes), g_heads[1:])]
+        g_backbone = [(_rows(a).t().mm(_rows(g)), g.sum((0, 1))) for a, g in zip(self.a, g_z[1:])]
+        sums = [u.sums(g, need_elapsed) for u, g in zip(updates, layer_g_states)]
+        g_elapsed = sum(s[0] for s in sums) if need_elapsed else None
+        return (g_h, g_inputs, g_elapsed, _rows(self.inputs).t().mm(g_pre), g_pre.sum(0), g_recurrent,
+                g_feeds, g_backbone, [s[1:] for s in sums])
 
 
 class _Sequence(torch.autograd.Function):
-    """A stretch of steps of a :class:`_StackedCfC` with a hand-written backward pass.
+    """A stretch of steps of a :class:`_StackedCfC` with a hand-written backward pass (:class:`_FusedPass`).
 
-    Inputs after ``core``: initial state, projected inputs ``[T, B, sum widths]``, elapsed
-    ``[T, B, 1]``, the recurrent weight, then the other shared tensors of
-    :meth:`_StackedCfC.derive` flattened. Returns the states ``[T, B, N]``. The forward pass keeps
-    only what the backward pass reads: per step the previous state, per layer its input, the
-    backbone activations and the update's intermediates.
+    Inputs after ``core``: initial state, inputs ``[T, B, F]``, elapsed ``[T, B, 1]``, then the
+    tensors of :meth:`_StackedCfC.derive`: input weight, bias, recurrent weight, then the feeds,
+    backbone and pure values flattened. Returns the states ``[T, B, N]``.
     """
 
     @staticmethod
-    def forward(ctx, core, h, projected, elapsed, recurrent, *rest):
+    def forward(ctx, core, h, inputs, elapsed, input_w, bias, recurrent, *rest):
         feeds, backbone, pure = core.unflatten(rest)
-        activation = ACTIVATIONS[core.activation]
-        need_elapsed = ctx.needs_input_grad[3]
-        keep_heads = need_elapsed or core.mode == "pure"
-        tape, states = [], []
-        for projected_t, elapsed_t in zip(projected.unbind(0), elapsed.unbind(0)):
-            layers, outputs, x = [], [], None
-            for index, pre in enumerate(core.split(torch.addmm(projected_t, h, recurrent), core.widths)):
-                z = pre if index == 0 else torch.addmm(pre, x, feeds[index - 1])
-                activations = []
-                for weight, bias in backbone:
-                    a, saved = activation(z, in_place=True)
-                    activations.append((a, saved))
-                    z = torch.addmm(bias, a, weight)
-                kept: list = []
-                layers.append((kept, activations, x, z if keep_heads else None))
-                x = cfc_update(z, elapsed_t, core.mode, *pure[index], keep=kept)
-                outputs.append(x)
-            tape.append((h, layers))
-            h = x if len(outputs) == 1 else torch.cat(outputs, dim=1)
-            states.append(h)
-        ctx.core, ctx.tape = core, tape
-        ctx.save_for_backward(elapsed, recurrent, *rest)
-        return torch.stack(states)
+        ctx.core = core
+        ctx.fused = _FusedPass(core, inputs, elapsed, input_w, bias, recurrent, feeds, backbone, pure)
+        states = ctx.fused.forward(h)
+        ctx.save_for_backward(h, states, inputs, elapsed, input_w, bias, recurrent, *rest)
+        return states
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_states):
-        core, tape = ctx.core, ctx.tape
-        elapsed, recurrent, *rest = ctx.saved_tensors
-        feeds, backbone, pure = core.unflatten(rest)
-        activation = ACTIVATIONS[core.activation]
-        need_elapsed = ctx.needs_input_grad[3]
-        steps, batch = grad_states.shape[:2]
-        g_projected = grad_states.new_empty(steps, batch, sum(core.widths))
-        g_elapsed = torch.zeros_like(elapsed) if need_elapsed else None
-        g_recurrent = torch.zeros_like(recurrent)
-        g_feeds = [torch.zeros_like(w) for w in feeds]
-        g_weights = [torch.zeros_like(w) for w, _ in backbone]
-        g_biases = [grad_states.new_zeros(batch, b.shape[0]) for _, b in backbone]  # summed over B at the end
-        g_pure = [(torch.zeros_like(t), torch.zeros_like(a)) if t is not None else (None, None) for t, a in pure]
-        backbone_t = [weight.t() for weight, _ in backbone]
-        feeds_t = [weight.t() for weight in feeds]
-        recurrent_t = recurrent.t()
-        g_state = grad_states[-1]  # dL/d(state after step t), through the outputs and later steps
-        for t in reversed(range(steps)):
-            h_prev, layers = tape[t]
-            g_outs = core.split(g_state, core.layer_sizes)
-            g_pre_all = g_projected[t]
-            g_pres = core.split(g_pre_all, core.widths)
-            for index in reversed(range(len(layers))):
-                kept, activations, x_in, heads = layers[index]
-                head_width = (1 if core.mode == "pure" else 4) * core.layer_sizes[index]
-                g_z = grad_states.new_empty(batch, head_width) if backbone else g_pres[index]
-                g_dt, g_tau, g_amp = cfc_update_backward(g_outs[index], kept, heads, elapsed[t], core.mode,
-                                                         *pure[index], out=g_z, need_elapsed=need_elapsed)
-                if need_elapsed:
-                    g_elapsed[t] += g_dt
-                if g_tau is not None:
-                    g_pure[index][0].add_(g_tau.sum(0, keepdim=True))
-                    g_pure[index][1].add_(g_amp.sum(0, keepdim=True))
-                for depth in reversed(range(len(backbone))):
-                    a, saved = activations[depth]
-                    g_weights[depth].addmm_(a.t(), g_z)
-                    g_biases[depth].add_(g_z)
-                    g_z = activation.backward(g_z.mm(backbone_t[depth]), saved, out=g_pres[index] if depth == 0 else None)
-                if index > 0:
-                    g_feeds[index - 1].addmm_(x_in.t(), g_pres[index])
-                    g_outs[index - 1] = torch.addmm(g_outs[index - 1], g_pres[index], feeds_t[index - 1])
-            g_recurrent.addmm_(h_prev.t(), g_pre_all)
-            g_state = torch.addmm(grad_states[t - 1], g_pre_all, recurrent_t) if t else g_pre_all.mm(recurrent_t)
-        g_backbone = [(w, b.sum(0)) for w, b in zip(g_weights, g_biases)]
-        return None, g_state, g_projected, g_elapsed, g_recurrent, *core.flatten(g_feeds, g_backbone, g_pure)
+        h, states, *_ = ctx.saved_tensors  # unpacking checks that no input changed in place
+        need = ctx.needs_input_grad
+        g_h, g_inputs, g_elapsed, g_input_w, g_bias, g_recurrent, g_feeds, g_backbone, g_pure = ctx.fused.backward(
+            h, states, grad_states, need_inputs=need[2], need_elapsed=need[3])
+        return (None, g_h, g_inputs, g_elapsed, g_input_w, g_bias, g_recurrent,
+                *ctx.core.flatten(g_feeds, g_backbone, g_pure))
 
 
 class _StackedCfC(RecurrentCore):
@@ -220,27 +328,29 @@ class _StackedCfC(RecurrentCore):
     Subclasses set ``mode``, ``activation``, ``dropout``, ``layer_sizes`` (neurons per layer),
     ``widths`` (width of ``pre_l`` per layer) and ``backbone_depth``, and implement :meth:`derive`
     returning ``(input weight [F, sum widths], bias [sum widths], (recurrent [N, sum widths],
-    feeds, backbone, pure))`` with the activation's scales already folded in.
+    feeds, backbone, pure))`` with the activation's scales already folded in and every weight
+    contiguous as ``[in, out]``: the right operand of its matmul, the layout MKL is fastest with.
     """
 
     time_aware = True
 
     def precompute(self, inputs, elapsed):
+        # The input projection x W_in + b is left to run: inside the fused pass it lands directly in
+        # the pass's buffer, and its gradient never leaves the pass.
         input_w, bias, shared = self.derived()
-        projected = torch.addmm(bias, inputs.reshape(-1, self.input_size), input_w)
-        return [projected.view(*inputs.shape[:2], -1), elapsed], shared
+        return [inputs, elapsed], (input_w, bias, *shared)
 
     @staticmethod
     def split(tensor: Tensor, sizes: list[int]) -> list[Tensor]:
-        """Column blocks of ``tensor`` (no op for a single block)."""
-        return [tensor] if len(sizes) == 1 else list(tensor.split(sizes, dim=1))
+        """Blocks of the last dimension of ``tensor`` (no op for a single block)."""
+        return [tensor] if len(sizes) == 1 else list(tensor.split(sizes, dim=-1))
 
     def step(self, h, projected, elapsed, recurrent, feeds, backbone, pure):
         x, states = None, []
         for index, pre in enumerate(self.split(torch.addmm(projected, h, recurrent), self.widths)):
             z = pre if index == 0 else torch.addmm(pre, x, feeds[index - 1])
             for weight, bias in backbone:
-                a = ACTIVATIONS[self.activation](z)[0]
+                a = ACTIVATIONS[self.activation].function(z)
                 if self.dropout and self.training:
                     a = torch.nn.functional.dropout(a, self.dropout)
                 z = torch.addmm(bias, a, weight)
@@ -249,10 +359,13 @@ class _StackedCfC(RecurrentCore):
         return x if len(states) == 1 else torch.cat(states, dim=1)
 
     def run(self, per_step, shared, state):
+        inputs, elapsed = per_step
+        input_w, bias, recurrent, feeds, backbone, pure = shared
         if not torch.is_grad_enabled() or (self.dropout and self.training):
-            return super().run(per_step, shared, state)
-        recurrent, feeds, backbone, pure = shared
-        states = _Sequence.apply(self, state, *per_step, recurrent, *self.flatten(feeds, backbone, pure))
+            projected = torch.addmm(bias, _rows(inputs), input_w).view(*inputs.shape[:2], -1)
+            return super().run([projected, elapsed], (recurrent, feeds, backbone, pure), state)
+        states = _Sequence.apply(self, state, inputs, elapsed, input_w, bias, recurrent,
+                                 *self.flatten(feeds, backbone, pure))
         return self.readout(states), states[-1]
 
     # The fused pass takes tensors only: these pack the nested shared values into a flat tuple.
@@ -349,12 +462,14 @@ class CfC(_StackedCfC):
         inner, outer = ACTIVATIONS[self.activation].inner, ACTIVATIONS[self.activation].outer
         if self.backbone:  # fold outer * f(inner * z): inner into every backbone layer, outer into the next map
             first_w, first_b = self.backbone[0].weight * inner, self.backbone[0].bias * inner
-            later = [(layer.weight.t() * (inner * outer), layer.bias * inner) for layer in self.backbone[1:]]
-            later.append((heads_w.t() * outer, heads_b))
+            later = [((layer.weight * (inner * outer)).t().contiguous(), layer.bias * inner)
+                     for layer in self.backbone[1:]]
+            later.append(((heads_w * outer).t().contiguous(), heads_b))
         else:
             first_w, first_b, later = heads_w, heads_b, []
         pure = [self.pure.values() if self.pure is not None else (None, None)]
-        return first_w[:, : self.input_size].t(), first_b, (first_w[:, self.input_size :].t(), [], later, pure)
+        input_w, recurrent = first_w[:, : self.input_size].t(), first_w[:, self.input_size :].t()
+        return input_w.contiguous(), first_b, (recurrent.contiguous(), [], later, pure)
 
 
 class WiredCfC(_StackedCfC):
@@ -403,7 +518,7 @@ class WiredCfC(_StackedCfC):
         stacked = [_stacked_heads(heads, getattr(self, f"_mask{i}")) for i, heads in enumerate(self.layers)]
         fan_in = [self.input_size] + self.layer_sizes[:-1]
         recurrent = torch.block_diag(*[w[:, n_in:].t() for (w, _), n_in in zip(stacked, fan_in)])
-        feeds = [w[:, :n_in].t() for (w, _), n_in in zip(stacked[1:], fan_in[1:])]
+        feeds = [w[:, :n_in].t().contiguous() for (w, _), n_in in zip(stacked[1:], fan_in[1:])]
         pure = [p.values() for p in self.pure] if self.pure is not None else [(None, None)] * len(stacked)
         # The inputs reach layer 0 only: zero columns for the other layers' pre-activations.
         first = stacked[0][0][:, : self.input_size].t()

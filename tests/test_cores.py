@@ -299,3 +299,22 @@ def test_cfc_backbone_dropout_applies_in_training_only():
     assert not torch.equal(first, second)
     core.eval()
     torch.testing.assert_close(core(x, core.initial_state(3))[0], core(x, core.initial_state(3))[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["cfc", "ncp-cfc"])
+def test_cfc_training_pass_gives_the_same_result_for_the_strided_views_the_policy_passes(name):
+    # CorePolicy hands over sequence-major features transposed to [T, B, F + 1] and splits the
+    # elapsed time off their last column: neither view is contiguous.
+    core = _core(name)
+    features = torch.randn(3, 7, core.input_size + 1, dtype=torch.float64)  # [B, T, F + 1]
+    features[..., -1] = 0.5 + features[..., -1].abs()
+    strided = features.transpose(0, 1).requires_grad_()
+    copied = strided.detach().clone().requires_grad_()
+    results = []
+    for x in (strided, copied):
+        core.zero_grad()
+        outputs, final = core(x[..., :-1], core.initial_state(3), None, x[..., -1])
+        (outputs.square().sum() + final.sum()).backward()
+        results.append([outputs, x.grad, *(p.grad for p in core.parameters())])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
