@@ -17,6 +17,8 @@ The loop over time is written once, here. A core contributes three small pieces:
 
 Cores with a fused multi-step kernel (LSTM, GRU) override :meth:`RecurrentCore.run` instead of
 ``step``; the loop then hands them whole stretches of the sequence without episode starts.
+Cores with a C kernel (LTC, CfC: ``kernel_source``) use it through :meth:`RecurrentCore.kernel`
+in their ``run``; ``core.native = False`` keeps them on their PyTorch path (same numbers).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+
+from policies import native
 
 CORE_NAMES = ("mlp", "lstm", "gru", "cfc", "ltc", "ncp-cfc", "ncp-ltc")
 
@@ -38,6 +42,8 @@ class RecurrentCore(nn.Module):
     """
 
     time_aware: bool = False
+    #: C source in policies/ of the core's compiled fast path (see policies/native.py), or None.
+    kernel_source: str | None = None
 
     def __init__(self, input_size: int, output_size: int, state_size: int):
         super().__init__()
@@ -51,6 +57,31 @@ class RecurrentCore(nn.Module):
         self._derived_params: tuple | None = None
         self._derived_key: tuple | None = None
         self._derived: tuple = ()
+        self._native = True
+
+    @property
+    def native(self) -> bool:
+        """Whether the core may run its C kernel (True by default; False: PyTorch only)."""
+        return self._native
+
+    @native.setter
+    def native(self, value: bool) -> None:
+        self._native = bool(value)
+        self._derived_key = None  # derived tensors may differ between the two paths
+
+    def kernel(self):
+        """The compiled kernel (a ctypes library) for this core's dtype, or None: no
+        ``kernel_source``, ``native`` off, a device other than the CPU, a configuration the kernel
+        does not cover (:meth:`kernel_applies`) or no C compiler."""
+        if self.kernel_source is None or not self._native or self._anchor.device.type != "cpu":
+            return None
+        if not self.kernel_applies():
+            return None
+        return native.load_kernel(self.kernel_source, self._anchor.dtype)
+
+    def kernel_applies(self) -> bool:
+        """Whether the C kernel covers this core's configuration."""
+        return True
 
     def initial_state(self, batch_size: int) -> Tensor:
         """Zeros ``[batch_size, state_size]`` in the module's dtype and device."""

@@ -229,6 +229,7 @@ class LTC(RecurrentCore):
     """
 
     time_aware = True
+    kernel_source = KERNEL_SOURCE
 
     def __init__(self, input_size: int, wiring: Wiring, ode_unfolds: int = 6, epsilon: float = 1e-8):
         if ode_unfolds < 1:
@@ -250,7 +251,6 @@ class LTC(RecurrentCore):
         self.register_buffer("_sensory_scatter", _one_hot(sensory_dst, units), persistent=False)
         self.register_buffer("_pre", torch.tensor(src, dtype=torch.int64), persistent=False)
         self.register_buffer("_post", torch.tensor(dst, dtype=torch.int64), persistent=False)
-        self._native = True
 
         def uniform(name: str, size: int) -> nn.Parameter:
             low, high = INIT_RANGES[name]
@@ -287,21 +287,6 @@ class LTC(RecurrentCore):
             recurrent = (None, self._gather * self.sigma, offset, scatter, self.ode_unfolds)
         return sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, recurrent
 
-    @property
-    def native(self) -> bool:
-        """Whether the unfolds may use the C kernel (see the class docstring)."""
-        return self._native
-
-    @native.setter
-    def native(self, value: bool) -> None:
-        self._native = bool(value)
-        self._derived_key = None  # the derived tensors differ between the two paths
-
-    def kernel(self):
-        """The C kernel for this core's dtype and device, or None (PyTorch path)."""
-        if not self._native or self.sigma.device.type != "cpu":
-            return None
-        return native.load_kernel(KERNEL_SOURCE, self.sigma.dtype)
 
     def precompute(self, inputs, elapsed):
         sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, recurrent = self.derived()

@@ -12,19 +12,7 @@
  * and one unfold is v' = (numerator + cm_t v) / denominator, starting from the input-only
  * drive (sensory synapses, leak, cm_t, epsilon) computed by the caller.
  */
-#include <tgmath.h> /* exp() follows REAL */
-#include <stdint.h>
-#include <string.h>
-
-#ifndef REAL
-#define REAL float
-#endif
-
-#define ONE ((REAL)1)
-
-static inline REAL sigmoid(REAL x) {
-    return ONE / (ONE + exp(-x));
-}
+#include "kernel_common.h"
 
 /* Synapse activations of one unfold: act [S][B] from potentials v [N][B]. */
 static void activations(int B, int S, const REAL *restrict v, const int64_t *restrict pre,

@@ -1,10 +1,10 @@
 """Small C kernels, compiled on first use with the system C compiler and loaded with ctypes.
 
-A kernel is one C source file next to this module, built once per (source, compiler flags,
-CPU, float type) into a cache folder and reused by every later process. Without a working
-compiler (or with ``LIQUID_DRONES_NATIVE=0``) :func:`load_kernel` returns ``None`` after one
-warning, and the caller keeps its pure-PyTorch path: the kernels are an optimisation, never a
-requirement.
+A kernel is one C source file next to this module (it may include the ``.h`` files there),
+built once per (source and headers, compiler flags, CPU, float type) into a cache folder and
+reused by every later process. Without a working compiler (or with ``LIQUID_DRONES_NATIVE=0``)
+:func:`load_kernel` returns ``None`` after one warning, and the caller keeps its pure-PyTorch
+path: the kernels are an optimisation, never a requirement.
 
 Environment: ``CC`` (compiler, default ``cc``), ``LIQUID_DRONES_NATIVE`` (``0`` disables the
 kernels), ``LIQUID_DRONES_CACHE`` (cache folder, default ``~/.cache/liquid-drones``).
@@ -64,7 +64,8 @@ def load_kernel(source_name: str, dtype: torch.dtype) -> ctypes.CDLL | None:
     source = Path(__file__).with_name(source_name)
     compiler = os.environ.get("CC", "cc")
     flags = (*COMPILE_FLAGS, f"-DREAL={C_TYPES[dtype]}")
-    key = hashlib.sha256("\0".join([source.read_text(), compiler, *flags, _cpu_signature()]).encode()).hexdigest()
+    headers = [header.read_text() for header in sorted(source.parent.glob("*.h"))]  # what the source may include
+    key = hashlib.sha256("\0".join([source.read_text(), *headers, compiler, *flags, _cpu_signature()]).encode()).hexdigest()
     library = _cache_dir() / f"{source.stem}-{C_TYPES[dtype]}-{key[:16]}.so"
     if not library.exists():
         try:
@@ -96,7 +97,11 @@ def _compile(compiler: str, flags: tuple[str, ...], source: Path, library: Path)
 
 
 def pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
-    """Address of a contiguous tensor's first element, for a kernel argument."""
+    """Address of a contiguous tensor's first element, for a kernel argument.
+
+    The address does not keep the tensor alive: hold the tensor in a variable until the call
+    returns (``pointer(x.contiguous())`` on a temporary copy hands the kernel freed memory).
+    """
     if not tensor.is_contiguous():
         raise ValueError(f"kernel arguments must be contiguous, got strides {tensor.stride()} for shape {tuple(tensor.shape)}")
     return ctypes.c_void_p(tensor.data_ptr())

@@ -1,4 +1,5 @@
-"""The LTC's C kernel (policies/ltc_kernel.c via policies/native.py) against its PyTorch path."""
+"""The C kernels (policies/ltc_kernel.c, policies/cfc_kernel.c via policies/native.py) against
+the PyTorch paths of the same cores."""
 
 import copy
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from policies import build_core, native
+from policies import build_core, cfc, native
+from policies.cfc import KERNEL_MAX_BATCH
 from policies.ltc import KERNEL_SOURCE
 
 
@@ -30,15 +32,27 @@ def _batch(core, steps=20, batch=4):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_kernel_compiles_here_and_the_ltc_cores_use_it(dtype):
-    assert native.load_kernel(KERNEL_SOURCE, dtype) is not None
-    assert build_core("ncp-ltc", 3).to(dtype).kernel() is not None
-    core = build_core("ltc", 3)
+@pytest.mark.parametrize("name", ["ltc", "ncp-ltc", "cfc"])
+def test_the_kernels_compile_here_and_the_cores_use_them(name, dtype):
+    core = build_core(name, 3).to(dtype)
+    assert native.load_kernel(core.kernel_source, dtype) is not None
+    assert core.kernel() is not None
     core.native = False
     assert core.kernel() is None
 
 
-@pytest.mark.parametrize("name,kwargs", [("ltc", {"hidden_size": 9}), ("ncp-ltc", {"units": 14, "output_size": 3})])
+@pytest.mark.parametrize("kwargs", [{"mode": "pure"}, {"backbone_layers": 2}, {"backbone_layers": 0},
+                                    {"backbone_activation": "relu"}])
+def test_cfc_configurations_outside_the_kernel_run_on_pytorch(kwargs):
+    assert build_core("cfc", 3, **kwargs).kernel() is None
+
+
+CASES = [("ltc", {"hidden_size": 9}), ("ncp-ltc", {"units": 14, "output_size": 3}),
+         ("cfc", {"hidden_size": 8, "backbone_units": 12}),
+         ("cfc", {"hidden_size": 7, "backbone_units": 10, "mode": "no_gate", "backbone_activation": "tanh"})]
+
+
+@pytest.mark.parametrize("name,kwargs", CASES)
 def test_kernel_and_pytorch_paths_give_the_same_outputs_and_gradients(name, kwargs):
     cores = _pair(name, **kwargs)
     results = []
@@ -57,8 +71,9 @@ def test_kernel_and_pytorch_paths_give_the_same_outputs_and_gradients(name, kwar
         torch.testing.assert_close(gp_k[parameter], gp_t[parameter], rtol=1e-10, atol=1e-12, msg=parameter)
 
 
-def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path():
-    cores = _pair("ncp-ltc", units=12, output_size=3)
+@pytest.mark.parametrize("name,kwargs", CASES[1:3])
+def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path(name, kwargs):
+    cores = _pair(name, **kwargs)
     x, state, starts, elapsed = _batch(cores[0], steps=6, batch=8)
     finals = []
     with torch.inference_mode():
@@ -70,8 +85,24 @@ def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path():
     torch.testing.assert_close(finals[0], finals[1], rtol=1e-12, atol=1e-12)
 
 
-def test_gradcheck_passes_on_the_pytorch_path():
-    core = _pair("ncp-ltc", units=7, output_size=2)[1]
+def test_cfc_kernel_trains_small_batches_only(monkeypatch):
+    """PPO minibatches (a few sequences) train in the kernel; larger batches and rollout steps use
+    PyTorch, which is faster there."""
+    calls = []
+    apply = cfc._NativeSequence.apply
+    monkeypatch.setattr(cfc._NativeSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    core = build_core("cfc", 3, hidden_size=4, backbone_units=6)
+    for batch, expected_calls in [(KERNEL_MAX_BATCH, 1), (KERNEL_MAX_BATCH + 1, 1)]:
+        core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
+        assert len(calls) == expected_calls
+    with torch.no_grad():
+        core(torch.randn(1, 2, 3), core.initial_state(2))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name,kwargs", [("ncp-ltc", {"units": 7, "output_size": 2}), ("cfc", {"hidden_size": 3, "backbone_units": 4})])
+def test_gradcheck_passes_on_the_pytorch_path(name, kwargs):
+    core = _pair(name, **kwargs)[1]
     names = [n for n, _ in core.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in core.parameters())
     x, state, starts, elapsed = _batch(core, steps=3, batch=2)
@@ -82,16 +113,18 @@ def test_gradcheck_passes_on_the_pytorch_path():
     assert torch.autograd.gradcheck(run, (x.requires_grad_(), state.requires_grad_(), elapsed.requires_grad_(), *params))
 
 
-def test_without_a_compiler_the_core_warns_once_and_runs_on_pytorch(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name,source", [("ncp-ltc", "ltc_kernel.c"), ("cfc", "cfc_kernel.c")])
+def test_without_a_compiler_the_core_warns_once_and_runs_on_pytorch(name, source, monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "/bin/false")
     monkeypatch.setenv("LIQUID_DRONES_CACHE", str(tmp_path))
     native.load_kernel.cache_clear()
     try:
-        core = build_core("ncp-ltc", 4, units=10, output_size=3)
-        with pytest.warns(RuntimeWarning, match="could not compile ltc_kernel.c"):
+        core = build_core(name, 4)
+        with pytest.warns(RuntimeWarning, match=f"could not compile {source}"):
             assert core.kernel() is None
         outputs, _ = core(torch.randn(5, 2, 4), core.initial_state(2))
-        assert outputs.shape == (5, 2, 3) and torch.isfinite(outputs).all()
+        outputs.sum().backward()
+        assert outputs.shape == (5, 2, core.output_size) and torch.isfinite(outputs).all()
         assert not list(tmp_path.rglob("*.so"))  # nothing half-written left behind
     finally:
         native.load_kernel.cache_clear()
