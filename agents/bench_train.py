@@ -37,6 +37,7 @@ from stable_baselines3.common.vec_env import sync_envs_normalization
 from agents.callbacks import EvalSummary, evaluate_episodes
 from agents.config import Config, load_config
 from agents.train import build_model, make_vec_env, normalize, uses_time_input
+from policies import CORE_NAMES
 
 #: Shared by every variant: 8 in-process envs, separate actor and critic memories, a [64] head.
 THROUGHPUT_COMMON = ["env.n_envs=8", "env.vec_env=dummy", "policy.net_arch=[64]", "policy.critic=separate",
@@ -244,9 +245,11 @@ def time_to_success(name: str, level: float, budget_min: float, eval_freq: int, 
     }
 
 
-def learn_configs() -> list[str]:
-    """The config names `bench learn` trains, in order: every task x every core of LEARN_CORES."""
-    return [f"{task}-{core}" for task in LEARN_TARGETS for core in LEARN_CORES]
+def learn_configs(every_core: bool = False) -> list[str]:
+    """The config names `bench learn` trains by default, in order: every task x every core of
+    LEARN_CORES; with ``every_core``, the names ``--configs`` accepts (every core of CORE_NAMES)."""
+    cores = CORE_NAMES if every_core else LEARN_CORES
+    return [f"{task}-{core}" for task in LEARN_TARGETS for core in cores]
 
 
 def main_learn(out_dir: str = "runs/bench", quick: bool = False, configs: tuple[str, ...] | None = None,
@@ -254,18 +257,18 @@ def main_learn(out_dir: str = "runs/bench", quick: bool = False, configs: tuple[
     """`liquid-drones bench learn`: steps and minutes to the success level, per task and core.
 
     ``quick`` is a smoke run (one config, a 1-minute budget, 20 evaluation episodes). ``configs``
-    picks a subset of :func:`learn_configs` (results go to ``learn-<first config>.*`` then, so
-    subsets run in separate processes do not overwrite each other).
+    picks other configs of :func:`learn_configs` (any core; results go to
+    ``learn-<first config>.*`` then, so subsets run in separate processes do not overwrite each other).
     """
-    allowed = learn_configs()
+    allowed = learn_configs(every_core=True)
     unknown = [name for name in configs or () if name not in allowed]
     if unknown:
         raise ValueError(f"bench learn: unknown config(s) {unknown}; allowed: {', '.join(allowed)}")
-    selected = list(configs) if configs else (["hover-ncp-cfc"] if quick else allowed)
+    selected = list(configs) if configs else (["hover-ncp-cfc"] if quick else learn_configs())
     rows = []
     n_episodes = 20 if quick else 100
     for task, (level, budget) in LEARN_TARGETS.items():
-        for core in LEARN_CORES:
+        for core in CORE_NAMES:
             if f"{task}-{core}" not in selected:
                 continue
             rows.append(time_to_success(f"{task}-{core}", level, 1.0 if quick else budget,

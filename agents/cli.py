@@ -26,10 +26,10 @@ def _bench(args: argparse.Namespace) -> None:
         from agents import bench_train
 
         configs = tuple(args.configs.split(",")) if args.configs else None
-        unknown = [name for name in configs or () if name not in bench_train.learn_configs()]
+        allowed = bench_train.learn_configs(every_core=True)
+        unknown = [name for name in configs or () if name not in allowed]
         if unknown:
-            sys.exit(f"liquid-drones bench learn: unknown --configs {unknown}; "
-                     f"allowed: {', '.join(bench_train.learn_configs())}")
+            sys.exit(f"liquid-drones bench learn: unknown --configs {unknown}; allowed: {', '.join(allowed)}")
         bench_train.main_learn(out_dir=args.out, quick=args.quick, configs=configs)
 
 
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench", help="folder for the CSV/JSON/PNG results")
     bench.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
     bench.add_argument("--configs", default=None,
-                       help="learn only: comma-separated subset of the configs (e.g. waypoints-ncp-cfc,waypoints-lstm)")
+                       help="learn only: comma-separated configs <hover|waypoints>-<core> instead of the default "
+                       "ncp-cfc, lstm, mlp of both tasks (e.g. hover-gru,waypoints-ltc)")
     bench.set_defaults(func=_bench)
 
     from agents.config import describe_schema
