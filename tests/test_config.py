@@ -113,3 +113,11 @@ def test_cli_stops_on_a_bad_key_before_creating_a_run_folder(tmp_path, capsys):
         cli(["train", "--root", str(tmp_path), "--name", "x", "--set", "algo.n_stepz=3"])
     assert "algo.n_stepz" in str(exit_.value.code)
     assert not (tmp_path / "x").exists()
+
+
+def test_bench_learn_rejects_an_unknown_config_before_training(tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        cli(["bench", "learn", "--out", str(tmp_path), "--configs", "hover-gru,hover-transformer"])
+    message = str(exit_.value.code)
+    assert "hover-transformer" in message and "waypoints-ncp-ltc" in message and "hover-gru'" not in message
+    assert not list(tmp_path.iterdir())
