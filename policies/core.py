@@ -67,7 +67,12 @@ class RecurrentCore(nn.Module):
     @native.setter
     def native(self, value: bool) -> None:
         self._native = bool(value)
-        self._derived_key = None  # derived tensors may differ between the two paths
+        self.forget_derived()  # derived tensors may differ between the two paths
+
+    def forget_derived(self) -> None:
+        """Drop the cache of :meth:`derived` (it notices in-place parameter changes by their version
+        counters; call this after changes that do not bump them, such as a fused optimiser step)."""
+        self._derived_key = None
 
     def kernel(self):
         """The compiled kernel (a ctypes library) for this core's dtype, or None: no

@@ -200,7 +200,9 @@ class CorePolicy(RecurrentActorCriticPolicy):
     :param share_features_extractor: one features extractor for actor and critic
     :param normalize_images: divide image observations by 255
     :param optimizer_class: optimiser class (default Adam)
-    :param optimizer_kwargs: optimiser keyword arguments, without the learning rate
+    :param optimizer_kwargs: optimiser keyword arguments, without the learning rate. For Adam
+        without an explicit ``fused``/``foreach`` choice, torch's fused CPU kernel is used (the
+        same update rule in one call instead of a dozen ops per parameter tensor)
     """
 
     def __init__(
@@ -281,7 +283,12 @@ class CorePolicy(RecurrentActorCriticPolicy):
         # predict() sizes a missing state with this: (n_layers, 1 env, hidden_size)
         self.lstm_hidden_state_shape = (1, 1, self.lstm_actor.hidden_size)
         # The parent built the optimiser before the cores existed.
+        if self.optimizer_class is th.optim.Adam and not {"fused", "foreach"} & set(self.optimizer_kwargs):
+            self.optimizer_kwargs = {**self.optimizer_kwargs, "fused": True}
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        # Fused optimisers write the parameters without bumping their version counters, which the
+        # caches of derived weights (cores, `_gaussian_terms`) key on: drop those after every step.
+        self.optimizer.register_step_post_hook(lambda *_: self.forget_derived())
         # The rollout path (see `forward`) evaluates the Gaussian itself and reads flat observations as they are.
         self._direct_gaussian = isinstance(self.action_dist, DiagGaussianDistribution)
         self._flat_observations = (
@@ -294,6 +301,14 @@ class CorePolicy(RecurrentActorCriticPolicy):
         state = super().__getstate__().copy()
         state["_std_cache"] = None
         return state
+
+    def forget_derived(self) -> None:
+        """Drop every cache of tensors derived from the parameters (call after changing them
+        in a way that does not bump their version counters)."""
+        self._std_cache = None
+        for module in self.modules():
+            if isinstance(module, RecurrentCore):
+                module.forget_derived()
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -198,3 +198,23 @@ def test_evaluate_policy_runs_episodes_with_recurrent_state():
 def test_mlp_core_is_rejected_with_a_pointer_to_ppo():
     with pytest.raises(ValueError, match="core must be one of"):
         CorePolicy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (2,)), lambda _: 1e-3, core="mlp")
+
+
+@pytest.mark.parametrize("core", ["cfc", "ltc"])
+def test_rollouts_after_a_fused_adam_step_use_the_updated_weights(core):
+    # torch's fused Adam writes parameters without bumping their version counters, which the
+    # caches of derived weights key on; the policy drops its caches after every optimiser step.
+    model = small_model(core)
+    assert model.policy.optimizer.defaults["fused"] is True
+    obs = np.random.default_rng(3).normal(size=(2, model.observation_space.shape[0])).astype(np.float32)
+    obs[:, -1] = 1 / 48
+    before, _ = model.predict(obs, deterministic=True)  # fills the caches
+    model.learn(64)
+    cached, _ = model.predict(obs, deterministic=True)
+    for module in model.policy.modules():
+        if hasattr(module, "_derived_key"):
+            module._derived_key = None
+    model.policy._std_cache = None
+    fresh, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(cached, fresh)
+    assert not np.array_equal(before, cached)
