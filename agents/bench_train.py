@@ -252,6 +252,14 @@ def learn_configs(every_core: bool = False) -> list[str]:
     return [f"{task}-{core}" for task in LEARN_TARGETS for core in cores]
 
 
+def check_learn_configs(configs: tuple[str, ...]) -> None:
+    """Raise ValueError naming any of ``configs`` that `bench learn` cannot train, and the allowed ones."""
+    allowed = learn_configs(every_core=True)
+    unknown = [name for name in configs if name not in allowed]
+    if unknown:
+        raise ValueError(f"unknown --configs {unknown}; allowed: {', '.join(allowed)}")
+
+
 def main_learn(out_dir: str = "runs/bench", quick: bool = False, configs: tuple[str, ...] | None = None,
                ) -> list[dict[str, Any]]:
     """`liquid-drones bench learn`: steps and minutes to the success level, per task and core.
@@ -260,10 +268,7 @@ def main_learn(out_dir: str = "runs/bench", quick: bool = False, configs: tuple[
     picks other configs of :func:`learn_configs` (any core; results go to
     ``learn-<first config>.*`` then, so subsets run in separate processes do not overwrite each other).
     """
-    allowed = learn_configs(every_core=True)
-    unknown = [name for name in configs or () if name not in allowed]
-    if unknown:
-        raise ValueError(f"bench learn: unknown config(s) {unknown}; allowed: {', '.join(allowed)}")
+    check_learn_configs(configs or ())
     selected = list(configs) if configs else (["hover-ncp-cfc"] if quick else learn_configs())
     rows = []
     n_episodes = 20 if quick else 100

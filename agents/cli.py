@@ -26,10 +26,10 @@ def _bench(args: argparse.Namespace) -> None:
         from agents import bench_train
 
         configs = tuple(args.configs.split(",")) if args.configs else None
-        allowed = bench_train.learn_configs(every_core=True)
-        unknown = [name for name in configs or () if name not in allowed]
-        if unknown:
-            sys.exit(f"liquid-drones bench learn: unknown --configs {unknown}; allowed: {', '.join(allowed)}")
+        try:
+            bench_train.check_learn_configs(configs or ())
+        except ValueError as error:
+            sys.exit(f"liquid-drones bench learn: {error}")
         bench_train.main_learn(out_dir=args.out, quick=args.quick, configs=configs)
 
 

@@ -71,7 +71,7 @@ def test_kernel_and_pytorch_paths_give_the_same_outputs_and_gradients(name, kwar
         torch.testing.assert_close(gp_k[parameter], gp_t[parameter], rtol=1e-10, atol=1e-12, msg=parameter)
 
 
-@pytest.mark.parametrize("name,kwargs", CASES[1:3])
+@pytest.mark.parametrize("name,kwargs", CASES[:2])  # the LTCs: a CfC's rollout steps run on PyTorch
 def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path(name, kwargs):
     cores = _pair(name, **kwargs)
     x, state, starts, elapsed = _batch(cores[0], steps=6, batch=8)
