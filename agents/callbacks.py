@@ -6,7 +6,6 @@ checkpoint holds exactly the weights, optimiser and counters an uninterrupted ru
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
@@ -17,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
-from agents.checkpoint import atomic_write, save_checkpoint
+from agents.checkpoint import save_checkpoint
+from agents.flight import AgentSpec, ModelPilot, fly
+from agents.io import atomic_write
 from agents.metrics import EpisodeResult, Summary
-
-EVAL_COLUMNS = ("timesteps", "success_rate", "crash_rate", "mean_reward", "std_reward", "mean_length", "wall_time_s")
+from agents.run import BEST_MODEL_FILE, BEST_NORMALIZER_FILE, append_eval_row, read_eval_rows
 
 
 @dataclass(frozen=True)
@@ -50,58 +50,15 @@ class EvalSummary(Summary):
         return f"{super().__str__()}; mean reward {self.mean_reward:.2f}, mean length {self.mean_length:.0f} steps"
 
 
-def evaluate_episodes(
-    model: BaseAlgorithm, venv: VecEnv, n_episodes: int, deterministic: bool = True, seed: int | None = None
-) -> list[EpisodeResult]:
-    """Run ``n_episodes`` full episodes, spread evenly over the envs of ``venv``.
-
-    Recurrent state is carried step by step and reset where an episode ends. Each env runs a fixed
-    number of episodes (as SB3's evaluate_policy does) so that short episodes are not over-counted.
-    An episode's ``seed`` field is its index in the returned list; its outcome is exactly one of
-    success, crash (without success) and timeout (neither).
-    """
-    n_envs = venv.num_envs
-    targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
-    counts = np.zeros(n_envs, dtype=int)
-    returns = np.zeros(n_envs)
-    lengths = np.zeros(n_envs, dtype=int)
-    times = np.zeros(n_envs)
-    changes = np.zeros(n_envs)  # sum of |a_t - a_{t-1}| over the episode's steps and action entries
-    previous: np.ndarray | None = None
-    episodes: list[EpisodeResult] = []
-    if seed is not None:
-        venv.seed(seed)
-    obs = venv.reset()
-    shortest = venv.env_method("shortest_path_length")
-    state = None
-    starts = np.ones(n_envs, dtype=bool)
-    while (counts < targets).any():
-        actions, state = model.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
-        flat = np.asarray(actions, dtype=np.float64).reshape(n_envs, -1)
-        if previous is not None:
-            changes += np.where(starts, 0.0, np.abs(flat - previous).sum(axis=1))
-        previous = flat
-        obs, rewards, dones, infos = venv.step(actions)
-        returns += rewards
-        lengths += 1
-        times += [info.get("dt", math.nan) for info in infos]
-        for i in np.flatnonzero(dones):
-            if counts[i] < targets[i]:
-                info = infos[i]
-                success = bool(info.get("is_success", False))
-                crashed = bool(info.get("crashed", False)) and not success
-                steps = int(lengths[i])
-                episodes.append(EpisodeResult(
-                    seed=len(episodes), success=success, crashed=crashed, timeout=not (success or crashed),
-                    steps=steps, time_s=float(times[i]), path_length_m=float(info.get("path_length", math.nan)),
-                    shortest_path_m=shortest[i], final_distance_m=float(info.get("distance_to_goal", math.nan)),
-                    action_smoothness=float(changes[i] / ((steps - 1) * flat.shape[1])) if steps > 1 else math.nan,
-                    reward=float(returns[i])))
-                counts[i] += 1
-                shortest[i] = venv.env_method("shortest_path_length", indices=[i])[0]  # of the next episode
-            returns[i], lengths[i], times[i], changes[i] = 0.0, 0, 0.0, 0.0
-        starts = dones
-    return episodes
+def evaluate_model(model: BaseAlgorithm, normalizer: Any, spec: AgentSpec, seeds: Sequence[int],
+                   disturbances: dict[str, Any], deterministic: bool = True) -> list[EpisodeResult]:
+    """Fly one episode per seed with the model as it is now (`agents.flight.fly`, the runner of
+    `evaluate` and `stress`), normalising observations with ``normalizer`` (the run's live
+    VecNormalize, or None). Sampled actions draw from a forked torch RNG, so an evaluation never
+    moves the training's random stream."""
+    with th.random.fork_rng():
+        flights = fly(spec, seeds, disturbances, deterministic=deterministic, pilot=ModelPilot(model, normalizer))
+    return [flight.result for flight in flights]
 
 
 class RolloutStatsCallback(BaseCallback):
@@ -164,30 +121,87 @@ class CheckpointEvery(AtRolloutBoundary):
         save_checkpoint(self.model, self.directory, self.keep)
 
 
-class EvalEvery(AtRolloutBoundary):
-    """Evaluate every ``freq`` env steps on ``eval_env``; log, append to a CSV, keep the best model.
+class ProgressLines(BaseCallback):
+    """Plain progress lines for logs (stdout not a terminal): steps, share done, env steps/s, the
+    latest rollout success and crash rates, time left; every ``every_s`` seconds of wall time."""
 
-    The best model (highest success rate, ties broken by mean reward) is saved as
-    ``best_model.zip`` with its ``best_vecnormalize.pkl`` in ``run_dir``.
+    def __init__(self, total: int, every_s: float = 30.0, write: Any = print) -> None:
+        super().__init__()
+        self.total, self.every_s, self.write = total, every_s, write
+        self.start = self.last = time.time()
+        self.first_step = 0
+
+    def _on_training_start(self) -> None:
+        self.start = self.last = time.time()
+        self.first_step = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        now = time.time()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        done = self.num_timesteps - self.first_step
+        fps = done / max(now - self.start, 1e-9)
+        left = max(self.total - self.num_timesteps, 0) / max(fps, 1e-9)
+        values = self.logger.name_to_value
+        rates = "".join(f", {label} {100 * values[key]:.0f} %" for key, label in
+                        (("rollout/success_rate", "rollout success"), ("rollout/crash_rate", "crash"))
+                        if key in values)
+        self.write(f"[train] step {self.num_timesteps:,}/{self.total:,} ({100 * self.num_timesteps / self.total:.0f} %)"
+                   f", {fps:,.0f} steps/s{rates}, ~{left / 60:.1f} min left", flush=True)
+
+
+class StopAfter(BaseCallback):
+    """End training at the first rollout boundary after ``minutes`` of wall time."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.seconds = 60 * minutes
+        self.start = time.time()
+        self.expired = False
+
+    def _on_training_start(self) -> None:
+        self.start = time.time()
+
+    def _on_rollout_start(self) -> None:
+        self.expired = time.time() - self.start >= self.seconds
+
+    def _on_step(self) -> bool:
+        return not self.expired
+
+
+class EvalEvery(AtRolloutBoundary):
+    """Evaluate every ``freq`` env steps; log, append to eval.csv, keep the best model.
+
+    Each evaluation flies the episodes of ``seeds`` (the same ones every time) in the training
+    env and disturbance distribution. With ``stop_at_success``, training ends right after the
+    first evaluation whose success rate reaches it (``target_reached_at`` holds its env steps). The best model (highest success rate, ties broken by mean
+    reward) is saved as ``best_model.zip`` with its ``best_vecnormalize.pkl`` in ``run_dir``.
     """
 
     def __init__(
         self,
         freq: int,
-        eval_env: VecEnv,
-        n_episodes: int,
+        spec: AgentSpec,
+        disturbances: dict[str, Any],
+        seeds: Sequence[int],
         run_dir: Path,
         csv_path: Path,
         deterministic: bool = True,
-        seed: int = 0,
+        stop_at_success: float | None = None,
     ) -> None:
         super().__init__(freq)
-        self.eval_env = eval_env
-        self.n_episodes = n_episodes
+        self.stop_at_success = stop_at_success
+        self.target_reached_at: int | None = None  # env steps of the first evaluation at the target
+        self.spec = spec
+        self.disturbances = disturbances
+        self.seeds = list(seeds)
         self.run_dir = run_dir
         self.csv_path = csv_path
         self.deterministic = deterministic
-        self.seed = seed
         self.best: tuple[float, float] | None = None
         self.start = time.time()
 
@@ -195,21 +209,26 @@ class EvalEvery(AtRolloutBoundary):
         super()._on_training_start()
         self.best = best_so_far(self.csv_path)
 
+    def _on_step(self) -> bool:
+        return self.target_reached_at is None  # False ends learn() before another step is used
+
     def act(self) -> None:
         train_env = self.model.get_vec_normalize_env()
-        if train_env is not None:
-            sync_envs_normalization(train_env, self.eval_env)
-        summary = EvalSummary.of(evaluate_episodes(self.model, self.eval_env, self.n_episodes, self.deterministic, self.seed))
+        episodes = evaluate_model(self.model, train_env, self.spec, self.seeds, self.disturbances, self.deterministic)
+        summary = EvalSummary.of(episodes)
         for key in ("success_rate", "crash_rate", "mean_reward", "mean_length"):
             self.logger.record(f"eval/{key}", getattr(summary, key))
         self.logger.dump(self.num_timesteps)
-        append_row(self.csv_path, eval_row(self.num_timesteps, summary, time.time() - self.start))
+        print(f"[eval] step {self.num_timesteps:,}: {summary}", flush=True)
+        append_eval_row(self.csv_path, eval_row(self.num_timesteps, summary, time.time() - self.start))
+        if self.stop_at_success is not None and summary.success_rate >= self.stop_at_success:
+            self.target_reached_at = self.num_timesteps
         score = (summary.success_rate, summary.mean_reward)
         if self.best is None or score > self.best:
             self.best = score
-            atomic_write(self.run_dir / "best_model.zip", self.model.save)
+            atomic_write(self.run_dir / BEST_MODEL_FILE, self.model.save)
             if train_env is not None:
-                atomic_write(self.run_dir / "best_vecnormalize.pkl", lambda p: train_env.save(str(p)))
+                atomic_write(self.run_dir / BEST_NORMALIZER_FILE, lambda p: train_env.save(str(p)))
 
 
 def eval_row(timesteps: int, summary: EvalSummary, wall_time_s: float) -> dict[str, Any]:
@@ -225,59 +244,6 @@ def eval_row(timesteps: int, summary: EvalSummary, wall_time_s: float) -> dict[s
     }
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=EVAL_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def read_rows(path: Path) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def truncate_rows(path: Path, max_timesteps: int) -> None:
-    """Drop evaluation rows past ``max_timesteps`` (resuming from an earlier checkpoint)."""
-    rows = [r for r in read_rows(path) if r["timesteps"] <= max_timesteps]
-    if path.exists():
-        path.unlink()
-    for row in rows:
-        append_row(path, {k: int(v) if k == "timesteps" else v for k, v in row.items()})
-
-
 def best_so_far(path: Path) -> tuple[float, float] | None:
-    rows = read_rows(path)
+    rows = read_eval_rows(path)
     return max(((r["success_rate"], r["mean_reward"]) for r in rows), default=None)
-
-
-def plot_training_curve(csv_path: Path, png_path: Path, title: str) -> None:
-    """Success and crash rate (left axis) and mean reward (right axis) against env steps."""
-    rows = read_rows(csv_path)
-    if not rows:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["timesteps"] for r in rows]
-    fig, rates = plt.subplots(figsize=(7, 4))
-    rates.plot(steps, [100 * r["success_rate"] for r in rows], "o-", color="tab:green", label="success %")
-    rates.plot(steps, [100 * r["crash_rate"] for r in rows], "s-", color="tab:red", label="crash %")
-    rates.set_xlabel("env steps")
-    rates.set_ylabel("% of evaluation episodes")
-    rates.set_ylim(-2, 102)
-    reward = rates.twinx()
-    reward.plot(steps, [r["mean_reward"] for r in rows], "--", color="tab:blue", label="mean reward")
-    reward.set_ylabel("mean episode reward")
-    handles = rates.get_legend_handles_labels()[0] + reward.get_legend_handles_labels()[0]
-    rates.legend(handles, [h.get_label() for h in handles], loc="lower right")
-    rates.set_title(title)
-    fig.tight_layout()
-    atomic_write(png_path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)

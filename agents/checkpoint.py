@@ -21,7 +21,6 @@ import pickle
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,25 +29,49 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from agents.config import Config
+
 MANIFEST = "manifest.json"
 PREFIX = "step_"
+
+
+#: Keys that may differ between a run's saved config and a ``--resume`` (the rest fix the model,
+#: the data it was trained on or its optimiser).
+RESUMABLE_PREFIXES = (
+    "train.total_timesteps",
+    "train.progress_bar",
+    "train.torch_threads",
+    "train.device",
+    "train.stop_at_success",
+    "train.max_minutes",
+    "env.vec_env",
+    "eval.",
+    "checkpoint.",
+)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt."""
 
 
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp_path)`` then rename the result onto ``path`` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def incompatible_keys(saved: Config, requested: Config) -> list[str]:
+    """Keys whose change would make a resumed run a different experiment."""
+    old, new = _flatten(saved.to_dict()), _flatten(requested.to_dict())
+    return sorted(
+        key
+        for key in old.keys() | new.keys()
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_PREFIXES)
+    )
 
 
 def _sha256(path: Path) -> str:

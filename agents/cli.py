@@ -3,86 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 BENCH_TARGETS = ("env", "cores", "train", "learn")
 
 
 def _bench(args: argparse.Namespace) -> None:
     if args.target == "env":
-        from agents import bench_env
+        from agents.bench import env
 
-        bench_env.main(out_dir=args.out, quick=args.quick)
+        env.main(out_dir=args.out, quick=args.quick)
     elif args.target == "cores":
-        from agents import bench_cores
+        from agents.bench import cores
 
-        bench_cores.main(out_dir=args.out)
+        cores.main(out_dir=args.out, quick=args.quick)
     elif args.target == "train":
-        from agents import bench_train
+        from agents.bench import train
 
-        bench_train.main_throughput(out_dir=args.out, quick=args.quick)
+        train.main_throughput(out_dir=args.out, quick=args.quick)
     elif args.target == "learn":
-        from agents import bench_train
+        from agents.bench import learn
 
         configs = tuple(args.configs.split(",")) if args.configs else None
         try:
-            bench_train.check_learn_configs(configs or ())
+            learn.check_learn_configs(configs or ())
         except ValueError as error:
             sys.exit(f"liquid-drones bench learn: {error}")
-        bench_train.main_learn(out_dir=args.out, quick=args.quick, configs=configs)
+        learn.main(out_dir=args.out, quick=args.quick, configs=configs)
 
 
-def _train(args: argparse.Namespace) -> None:
-    from pathlib import Path
+def _verb(module: str) -> Callable[[argparse.Namespace], None]:
+    """The ``main(args)`` of ``agents.<module>``, imported only when that verb runs."""
 
-    from agents.checkpoint import CheckpointError
-    from agents.config import DEFAULT_CONFIG, ConfigError, load_config, read_run_config
-    from agents.train import default_run_name, prepare_run_dir, train
+    def run(args: argparse.Namespace) -> None:
+        importlib.import_module(f"agents.{module}").main(args)
 
-    overrides = list(args.set)
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
-    try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            if args.config:
-                config = load_config(args.config, overrides)
-            else:
-                config = read_run_config(run_dir / "config.yaml", overrides)
-        else:
-            name = args.config or DEFAULT_CONFIG
-            config = load_config(name, overrides)
-            label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
-            if "-" not in label:
-                label = f"{label}-{config.policy.core}"
-            run_dir = prepare_run_dir(Path(args.root), args.name or default_run_name(label))
-        train(config, run_dir, resume=bool(args.resume))
-    except (ConfigError, CheckpointError) as error:
-        sys.exit(f"error: {error}")
-
-
-def _evaluate(args: argparse.Namespace) -> None:
-    from agents import evaluate
-
-    evaluate.main(args)
-
-
-def _stress(args: argparse.Namespace) -> None:
-    from agents import stress
-
-    stress.main(args)
-
-
-def _compare(args: argparse.Namespace) -> None:
-    from agents import compare
-
-    compare.main(args)
+    return run
 
 
 def _add_flight_options(parser: argparse.ArgumentParser) -> None:
     """Options of every verb that flies closed-loop episodes (evaluate, stress, compare)."""
-    from agents.evaluate import DEFAULT_BATCH, DEFAULT_EPISODES, DEFAULT_SEED
+    from agents.flight import DEFAULT_BATCH, DEFAULT_EPISODES, DEFAULT_SEED
     from agents.parallel import BACKENDS
 
     parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES,
@@ -148,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--root", default="runs", help="output root folder")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument("--seed", type=int, help="seed (same as --set train.seed=N)")
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_verb("train"))
 
     evaluate = verbs.add_parser(
         "evaluate",
@@ -168,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"episodes in the video (default {VIDEO_EPISODES})")
     evaluate.add_argument("--out", help="output folder")
     _add_flight_options(evaluate)
-    evaluate.set_defaults(func=_evaluate)
+    evaluate.set_defaults(func=_verb("evaluate"))
 
     stress = verbs.add_parser(
         "stress",
@@ -177,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run and level; writes episodes.csv, results.csv, summary.json, robustness.png and report.md.",
     )
     _add_sweep_options(stress)
-    stress.set_defaults(func=_stress)
+    stress.set_defaults(func=_verb("stress"))
 
     compare = verbs.add_parser(
         "compare",
@@ -187,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--stress", metavar="STRESS_DIR", help="reuse this finished stress test")
     _add_sweep_options(compare)
-    compare.set_defaults(func=_compare)
+    compare.set_defaults(func=_verb("compare"))
     return parser
 
 

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from agents.evaluate import AgentSpec
-from agents.reporting import print_rows, write_rows
-from agents.stress import StressError, Sweep, markdown_table, percent, run_sweep
+from agents.config import config_from_dict
+from agents.flight import AgentSpec
+from agents.io import timestamped_name, write_rows, write_text
+from agents.report import markdown_table, percent, print_rows, pyplot, save_figure
+from agents.robustness import StressError
+from agents.run import load_model
+from agents.stress import Sweep, run_sweep, sweep_from_args
 
 
 def training_wall_time_s(run_dir: Path) -> float:
@@ -46,13 +51,8 @@ def model_facts(spec: AgentSpec) -> dict[str, Any]:
     if spec.is_expert:
         return {"core": "PID expert", "actor_params": 0, "total_params": 0, "train_steps": 0,
                 "train_minutes": math.nan}
-    import io
-
-    from agents.config import config_from_dict
-    from agents.train import algorithm_class
-
     config = config_from_dict(spec.config)
-    model = algorithm_class(config).load(io.BytesIO(spec.model), device="cpu")
+    model = load_model(config, spec.model, spec.run_dir or spec.name)
     policy = model.policy
     actor_parts = [policy.mlp_extractor.policy_net, policy.action_net]
     actor_parts += [policy.lstm_actor] if hasattr(policy, "lstm_actor") else []
@@ -99,11 +99,8 @@ def compare(
             **{f"ood_{axis}": a["ood_success"] for axis, a in entry["axes"].items()},
             "errors": entry["errors"],
         })
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out_dir, "compare")
-    from agents.checkpoint import atomic_write
-
-    atomic_write(out_dir / "compare.md", lambda p: p.write_text(markdown(rows, summary["settings"])))
+    write_text(out_dir / "compare.md", markdown(rows, summary["settings"]))
     plot_compare(rows, summary["settings"], out_dir / "compare.png")
     print_rows([_display(row) for row in rows], "comparison")
     log(f"wrote {out_dir}/compare.csv, compare.md, compare.png")
@@ -157,13 +154,7 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 
 def plot_compare(rows: list[dict[str, Any]], settings: dict[str, Any], path: Path) -> None:
     """Left: in-distribution and mean OOD success per agent; right: OOD success per axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from agents.checkpoint import atomic_write
-
+    plt = pyplot()
     names = [row["agent"] for row in rows]
     axes = [k[4:] for k in rows[0] if k.startswith("ood_") and k != "ood_drop"]
     fig, (bars, heat) = plt.subplots(1, 2, figsize=(5 + 1.2 * len(names) + 0.7 * len(axes), 4.2),
@@ -190,16 +181,11 @@ def plot_compare(rows: list[dict[str, Any]], settings: dict[str, Any], path: Pat
     fig.colorbar(image, ax=heat, fraction=0.04)
     fig.suptitle(f"{settings['env']}, {settings['episodes']} paired episodes per level", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(args: Any) -> None:
     """``liquid-drones compare`` (arguments: see agents/cli.py)."""
-    import sys
-
-    from agents.stress import sweep_from_args, timestamped_dir
-
     try:
         sweep = sweep_from_args(args)
         stress_dir = Path(args.stress) if args.stress else None
@@ -207,7 +193,7 @@ def main(args: Any) -> None:
             read_stress(stress_dir, sweep.agents)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    out_dir = Path(args.out) if args.out else timestamped_dir(Path(args.root), "compare")
+    out_dir = Path(args.out) if args.out else Path(args.root) / timestamped_name("compare")
     try:
         compare(sweep, out_dir, stress_dir, args.backend, args.workers, args.address, args.resume)
     except StressError as error:

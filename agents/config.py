@@ -7,8 +7,10 @@ file's ``policy.core_kwargs`` belong to its own core and are dropped when anothe
 Precedence, lowest first: the defaults below, the task file, its ``core_overrides[core]``, then
 ``--set key=value`` (dotted keys, values parsed as YAML).
 
-Everything is checked before any work starts; a problem raises `ConfigError` naming the key and
-what is allowed.
+Loading checks every key, type and range against the schema, and raises `ConfigError` naming
+the key and what is allowed. Checks that need to build an env or a core (an unknown env id or
+constructor argument, a wrong core keyword) are `agents.preflight.preflight`, which `train` runs
+before any work; reading a finished run does not repeat them.
 """
 
 from __future__ import annotations
@@ -26,19 +28,6 @@ from policies import CORE_NAMES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "hover"
-
-#: Keys that may differ between a run's saved config and a ``--resume`` (the rest fix the model,
-#: the data it was trained on or its optimiser).
-RESUMABLE_PREFIXES = (
-    "train.total_timesteps",
-    "train.progress_bar",
-    "train.torch_threads",
-    "train.device",
-    "env.vec_env",
-    "eval.",
-    "checkpoint.",
-)
-
 
 class ConfigError(ValueError):
     """A configuration problem, raised before any work starts; the message names the key."""
@@ -181,7 +170,12 @@ class TrainConfig:
     seed: int = _option(0, _int(0), "seed of envs, weights and sampling")
     device: str = _option("cpu", _choice("cpu", "cuda", "auto"), "torch device")
     torch_threads: int = _option(1, _int(0), "torch threads in the learner (0: torch's default)")
-    progress_bar: bool = _option(True, _bool, "show a progress bar")
+    progress_bar: bool = _option(True, _bool, "show a progress bar (plain progress lines when not a terminal)")
+    stop_at_success: Any = _option(None, _float(minimum=0.0, maximum=1.0, optional=True),
+                                   "stop at the first periodic evaluation with at least this success rate "
+                                   "(null: train the full budget)")
+    max_minutes: Any = _option(None, _float(minimum=0.0, optional=True),
+                               "stop at the first rollout boundary after this many minutes (null: no limit)")
 
 
 @dataclass
@@ -248,41 +242,12 @@ def _check_consistency(config: Config) -> None:
             f"algo.batch_size ({config.algo.batch_size}) must be <= algo.n_steps x env.n_envs "
             f"({config.rollout_size})"
         )
+    if config.train.stop_at_success is not None and not config.eval.freq:
+        raise ConfigError("train.stop_at_success needs periodic evaluations; set eval.freq > 0")
     if config.policy.core == "mlp" and config.policy.critic != "separate":
         raise ConfigError("policy.critic: the mlp core has no memory to share; allowed value for mlp: separate")
     if config.policy.core == "mlp" and config.policy.time_input is True:
         raise ConfigError("policy.time_input: the mlp core is not time-aware; allowed values for mlp: auto, false")
-    _check_env(config.env)
-    _check_core_kwargs(config.policy)
-
-
-def _check_env(env: EnvConfig) -> None:
-    """Make (and close) one env so that a wrong id or constructor argument fails before any work."""
-    import gymnasium as gym
-
-    import envs
-
-    if env.id not in gym.registry:
-        ids = ", ".join(sorted(envs.ENV_IDS))
-        raise ConfigError(f"env.id: unknown env {env.id!r}; allowed: {ids} (or any registered Gymnasium id)")
-    try:
-        gym.make(env.id, **env.kwargs).close()
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"env.kwargs {env.kwargs} are not valid for {env.id}: {error}") from None
-
-
-def _check_core_kwargs(policy: PolicyConfig) -> None:
-    """Build a tiny core so that a wrong core keyword fails now rather than after env start-up."""
-    if policy.core == "mlp":
-        return
-    from policies import build_core
-
-    try:
-        core = build_core(policy.core, 4, **policy.core_kwargs)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"policy.core_kwargs {policy.core_kwargs} are not valid for core {policy.core!r}: {error}") from None
-    if policy.time_input is True and not core.time_aware:
-        raise ConfigError(f"policy.time_input: core {policy.core!r} is not time-aware; allowed values: auto, false")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -341,7 +306,7 @@ def _resolve(name_or_path: str) -> tuple[Path, str | None]:
     raise ConfigError(f"unknown config {name_or_path!r}; allowed: {', '.join(available_configs())} or a .yaml file")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -360,7 +325,7 @@ def load_config(name_or_path: str = DEFAULT_CONFIG, overrides: list[str] | tuple
     :raise ConfigError: on any unknown key, core or bad value, naming the key
     """
     path, named_core = _resolve(name_or_path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     core_overrides = _mapping("core_overrides", data.pop("core_overrides", None))
     for core, block in core_overrides.items():
         if core not in CORE_NAMES:
@@ -384,40 +349,6 @@ def load_config(name_or_path: str = DEFAULT_CONFIG, overrides: list[str] | tuple
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Validate a mapping as written by `Config.to_dict` (e.g. a run's config.yaml)."""
     return _build(copy.deepcopy(data))
-
-
-def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def read_run_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config.yaml of a run folder, with ``key=value`` overrides applied."""
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: not a run folder written by `liquid-drones train`")
-    data = _read_yaml(path)
-    for key, value in map(parse_override, overrides):
-        set_dotted(data, key, value)
-    return _build(data)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def incompatible_keys(saved: Config, requested: Config) -> list[str]:
-    """Keys whose change would make a resumed run a different experiment."""
-    old, new = _flatten(saved.to_dict()), _flatten(requested.to_dict())
-    return sorted(
-        key
-        for key in old.keys() | new.keys()
-        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_PREFIXES)
-    )
 
 
 def describe_schema() -> str:

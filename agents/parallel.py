@@ -2,7 +2,7 @@
 
 ``run_jobs(fn, jobs, on_result, on_error, backend=...)`` calls ``fn(job)`` for every job and hands
 each outcome to the caller the moment it is known, so the caller can write it to disk at once
-(`RowLog`); an interrupted sweep loses at most the jobs that were running.
+(`agents.io.RowLog`); an interrupted sweep loses at most the jobs that were running.
 
 Failures stay contained:
 
@@ -21,15 +21,13 @@ files, so the nodes need no shared filesystem.
 
 from __future__ import annotations
 
-import csv
 import multiprocessing
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -196,39 +194,3 @@ def _run_ray(fn: Callable, jobs: Sequence[Any], report: Callable, workers: int,
     finally:
         if started:
             ray.shutdown()
-
-
-class RowLog:
-    """An append-only CSV of result rows; every `write` reaches the disk before it returns.
-
-    :param columns: the header; rows may omit columns (written empty) but not add any
-    :param append: keep the rows already in ``path`` (resuming), else start a new file
-    """
-
-    def __init__(self, path: Path, columns: Sequence[str], append: bool = False) -> None:
-        self.path = path
-        self.columns = list(columns)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if append and path.exists():
-            with path.open(newline="") as handle:
-                header = next(csv.reader(handle), [])
-            if header != self.columns:
-                raise ValueError(f"{path} has columns {header}, expected {self.columns}")
-        else:
-            with path.open("w", newline="") as handle:
-                csv.writer(handle).writerow(self.columns)
-
-    def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns)
-            writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    @staticmethod
-    def read(path: Path) -> list[dict[str, str]]:
-        """Every row of a CSV written by a `RowLog` (values as strings)."""
-        if not path.exists():
-            return []
-        with path.open(newline="") as handle:
-            return list(csv.DictReader(handle))

@@ -1,10 +1,9 @@
 """`liquid-drones train`: config -> vectorised envs -> policy -> learn -> run folder.
 
-A run folder ``runs/<name>/`` holds ``config.yaml``, ``tb/`` (TensorBoard), ``checkpoints/``,
-``eval.csv`` and ``training_curve.png`` (periodic evaluations), ``best_model.zip`` (+
-``best_vecnormalize.pkl``), and at the end ``model.zip``, ``vecnormalize.pkl`` and
-``final_eval.json``. ``train(config, run_dir, resume=True)`` continues a run from its newest
-checkpoint to the configured total number of env steps.
+The run folder it writes is described in `agents.run`. Periodic and final evaluations fly
+through `agents.flight`, the runner of `evaluate` and `stress`, on fixed episode seeds.
+``train(config, run_dir, resume=True)`` continues a run from its newest checkpoint to the
+configured total number of env steps.
 
 Note: with ``env.vec_env`` subproc, a script that calls `train` needs the usual
 ``if __name__ == "__main__":`` guard (worker processes re-import the main module).
@@ -12,15 +11,13 @@ Note: with ``env.vec_env`` subproc, a script that calls `train` needs the usual
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
-import numpy as np
 import torch as th
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
@@ -28,74 +25,54 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import (
-    DummyVecEnv,
-    SubprocVecEnv,
-    VecEnv,
-    VecNormalize,
-    sync_envs_normalization,
-)
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 from agents.callbacks import (
     CheckpointEvery,
     EvalEvery,
     EvalSummary,
+    ProgressLines,
     RolloutStatsCallback,
-    append_row,
+    StopAfter,
     eval_row,
-    evaluate_episodes,
-    plot_training_curve,
-    truncate_rows,
+    evaluate_model,
 )
 from agents.checkpoint import (
+    RESUMABLE_PREFIXES,
     Checkpoint,
     CheckpointError,
-    atomic_write,
+    incompatible_keys,
     latest_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
-from agents.config import (
-    RESUMABLE_PREFIXES,
-    Config,
-    ConfigError,
-    incompatible_keys,
+from agents.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from agents.flight import EVAL_SEED_OFFSET, agent_of_config
+from agents.io import atomic_write, timestamped_name, write_json
+from agents.normalization import NORMALIZATION_FILE, ObsNormalizer, StepDurationVecNormalize
+from agents.preflight import preflight
+from agents.report import plot_training_curve
+from agents.run import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    CURVE_FILE,
+    EVAL_FILE,
+    FINAL_EVAL_FILE,
+    MODEL_FILE,
+    NORMALIZER_FILE,
+    TENSORBOARD_DIR,
+    algorithm_class,
+    append_eval_row,
+    read_eval_rows,
     read_run_config,
     save_config,
+    truncate_eval_rows,
+    uses_time_input,
 )
 from policies.encoders import ConvStateEncoder
 from policies.sb3_policy import CorePolicy
 
 ACTIVATIONS = {"tanh": th.nn.Tanh, "relu": th.nn.ReLU, "elu": th.nn.ELU, "silu": th.nn.SiLU}
-EVAL_SEED_OFFSET = 10_000  # eval envs draw episodes from seeds disjoint from the training envs'
-
-
-class StepDurationVecNormalize(VecNormalize):
-    """VecNormalize that leaves the last observation entry (the step duration in s) untouched.
-
-    Time-aware cores need the true duration; normalising it would turn it into a z-score.
-    """
-
-    def _normalize_obs(self, obs: np.ndarray, obs_rms: Any) -> np.ndarray:
-        normalized = super()._normalize_obs(obs, obs_rms)
-        normalized[..., -1] = obs[..., -1]
-        return normalized
-
-    def _unnormalize_obs(self, obs: np.ndarray, obs_rms: Any) -> np.ndarray:
-        restored = super()._unnormalize_obs(obs, obs_rms)
-        restored[..., -1] = obs[..., -1]
-        return restored
-
-
-def uses_time_input(config: Config) -> bool:
-    """Whether the policy receives step durations (``policy.time_input``, ``auto``: time-aware cores)."""
-    if config.policy.time_input != "auto":
-        return bool(config.policy.time_input)
-    if config.policy.core == "mlp":
-        return False
-    from policies import build_core
-
-    return build_core(config.policy.core, 4, **config.policy.core_kwargs).time_aware
 
 
 def env_factory(env_id: str, kwargs: dict[str, Any], seed: int, time_input: bool) -> Callable[[], gym.Env]:
@@ -185,15 +162,11 @@ def build_model(config: Config, venv: VecEnv, run_dir: Path | None, time_input: 
         max_grad_norm=algo.max_grad_norm,
         target_kl=algo.target_kl,
         policy_kwargs=policy_kwargs,
-        tensorboard_log=str(run_dir / "tb") if run_dir else None,
+        tensorboard_log=str(run_dir / TENSORBOARD_DIR) if run_dir else None,
         seed=config.train.seed,
         device=config.train.device,
         verbose=0,
     )
-
-
-def algorithm_class(config: Config) -> type[BaseAlgorithm]:
-    return PPO if config.policy.core == "mlp" else RecurrentPPO
 
 
 @dataclass
@@ -204,12 +177,15 @@ class TrainResult:
     final: EvalSummary | None
 
 
-def default_run_name(label: str) -> str:
-    return f"{label}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
 def prepare_run_dir(root: Path, name: str) -> Path:
+    """``root/name`` as a new, empty run folder.
+
+    :raise ConfigError: if the name leaves ``root`` or the folder already holds files
+    """
     run_dir = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not name.strip():
+        raise ConfigError(f"--name {name!r} must be a plain folder name inside --root {root} "
+                          f"(no '..', no absolute path)")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run folder {run_dir} already exists; pick another --name or --resume {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -228,17 +204,17 @@ def train(
     :raise CheckpointError: on resume, if there is no usable checkpoint
     """
     started = time.time()
+    preflight(config)
     if config.train.torch_threads:
         th.set_num_threads(config.train.torch_threads)
     time_input = uses_time_input(config)
     ckpt = checkpoint_to_resume(config, run_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    if not resume or read_run_config(run_dir / CONFIG_FILE) != config:
+        save_config(config, run_dir / CONFIG_FILE)  # once; on resume only for a change the rules allow
 
     # A resumed run draws new episodes: its envs are seeded past the steps already taken.
     venv = make_vec_env(config, config.env.n_envs, config.train.seed + (ckpt.step if ckpt else 0), time_input)
-    eval_env = normalize(make_vec_env(config, min(config.env.n_envs, 4), config.train.seed + EVAL_SEED_OFFSET,
-                                      time_input, subproc=False), config, time_input, training=False)
     try:
         if ckpt is None:
             model = build_model(config, normalize(venv, config, time_input), run_dir, time_input)
@@ -246,14 +222,21 @@ def train(
             model = restore(ckpt, config, venv, run_dir)
             log(f"resuming {run_dir} from step {ckpt.step:,}")
         remaining = config.train.total_timesteps - model.num_timesteps
+        reached = None
         if remaining > 0:
-            model.learn(remaining, callback=training_callbacks(config, run_dir, eval_env), tb_log_name="run",
-                        reset_num_timesteps=ckpt is None, progress_bar=config.train.progress_bar)
+            callbacks = training_callbacks(config, run_dir)
+            bar = config.train.progress_bar and sys.stdout.isatty()
+            if config.train.progress_bar and not bar:
+                callbacks.callbacks.append(ProgressLines(config.train.total_timesteps))
+            model.learn(remaining, callback=callbacks, tb_log_name="run", reset_num_timesteps=ckpt is None,
+                        progress_bar=bar)
+            reached = next((c.target_reached_at for c in callbacks.callbacks if isinstance(c, EvalEvery)), None)
+            if reached is not None:
+                log(f"success target {config.train.stop_at_success:.0%} reached at step {reached:,}: stopping")
         save_run(model, config, run_dir)
-        final = final_evaluation(model, eval_env, config, run_dir, time.time() - started)
+        final = final_evaluation(model, config, run_dir, time.time() - started, reached)
     finally:
         venv.close()
-        eval_env.close()
 
     minutes = (time.time() - started) / 60
     log(f"trained {model.num_timesteps:,} env steps in {minutes:.1f} min -> {run_dir}")
@@ -264,7 +247,7 @@ def train(
 
 def checkpoint_to_resume(config: Config, run_dir: Path) -> Checkpoint:
     """The newest checkpoint of ``run_dir``, after checking ``config`` may continue that run."""
-    changed = incompatible_keys(read_run_config(run_dir / "config.yaml"), config)
+    changed = incompatible_keys(read_run_config(run_dir / CONFIG_FILE), config)
     if changed:
         raise ConfigError(
             f"cannot resume {run_dir} with a different {', '.join(changed)}: these keys fix the model "
@@ -283,48 +266,84 @@ def restore(ckpt: Checkpoint, config: Config, venv: VecEnv, run_dir: Path) -> Ba
         raise CheckpointError(f"checkpoint {ckpt.path} cannot be loaded: {error}") from error
     if model.num_timesteps != ckpt.step:
         raise CheckpointError(f"checkpoint {ckpt.path} holds step {model.num_timesteps}, not {ckpt.step}")
-    model.tensorboard_log = str(run_dir / "tb")
+    model.tensorboard_log = str(run_dir / TENSORBOARD_DIR)
     set_rng_state(ckpt.load_rng())
-    truncate_rows(run_dir / "eval.csv", ckpt.step)
+    truncate_eval_rows(run_dir / EVAL_FILE, ckpt.step)
     return model
 
 
-def training_callbacks(config: Config, run_dir: Path, eval_env: VecEnv) -> CallbackList:
-    """Rollout statistics, periodic evaluation (best model) and checkpoints, as configured."""
+def evaluation_seeds(config: Config, episodes: int) -> list[int]:
+    """The episode seeds of every training-time evaluation (the same each time)."""
+    first = config.train.seed + EVAL_SEED_OFFSET
+    return list(range(first, first + episodes))
+
+
+def training_callbacks(config: Config, run_dir: Path) -> CallbackList:
+    """Rollout statistics, periodic evaluation (best model, stop at target), a time limit and
+    checkpoints, as configured."""
     callbacks: list[BaseCallback] = [RolloutStatsCallback()]
     if config.eval.freq:
-        callbacks.append(EvalEvery(config.eval.freq, eval_env, config.eval.n_episodes, run_dir,
-                                   run_dir / "eval.csv", config.eval.deterministic,
-                                   config.train.seed + EVAL_SEED_OFFSET))
+        callbacks.append(EvalEvery(config.eval.freq, agent_of_config(config, run_dir.name),
+                                   config.env.kwargs.get("disturbances") or {},
+                                   evaluation_seeds(config, config.eval.n_episodes), run_dir,
+                                   run_dir / EVAL_FILE, config.eval.deterministic, config.train.stop_at_success))
+    if config.train.max_minutes is not None:
+        callbacks.append(StopAfter(config.train.max_minutes))
     if config.checkpoint.freq:
-        callbacks.append(CheckpointEvery(config.checkpoint.freq, run_dir / "checkpoints", config.checkpoint.keep))
+        callbacks.append(CheckpointEvery(config.checkpoint.freq, run_dir / CHECKPOINT_DIR, config.checkpoint.keep))
     return CallbackList(callbacks)
 
 
 def save_run(model: BaseAlgorithm, config: Config, run_dir: Path) -> None:
-    """model.zip and vecnormalize.pkl, plus a final checkpoint so that a longer --resume continues here."""
+    """model.zip, the normalisation (normalization.json and vecnormalize.pkl), plus a final
+    checkpoint so that a longer --resume continues here."""
     if config.checkpoint.freq:
-        save_checkpoint(model, run_dir / "checkpoints", config.checkpoint.keep)
-    atomic_write(run_dir / "model.zip", model.save)
+        save_checkpoint(model, run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
+    atomic_write(run_dir / MODEL_FILE, model.save)
     normalizer = model.get_vec_normalize_env()
     if normalizer is not None:
-        atomic_write(run_dir / "vecnormalize.pkl", lambda p: normalizer.save(str(p)))
+        ObsNormalizer.of(normalizer).save(run_dir / NORMALIZATION_FILE)
+        atomic_write(run_dir / NORMALIZER_FILE, lambda p: normalizer.save(str(p)))
 
 
-def final_evaluation(
-    model: BaseAlgorithm, eval_env: VecEnv, config: Config, run_dir: Path, wall_time_s: float
-) -> EvalSummary | None:
-    """Evaluate ``eval.final_episodes`` episodes into final_eval.json and eval.csv; draw the curve."""
+def final_evaluation(model: BaseAlgorithm, config: Config, run_dir: Path, wall_time_s: float,
+                     target_reached_at: int | None = None) -> EvalSummary | None:
+    """Evaluate ``eval.final_episodes`` episodes into final_eval.json (with the env steps at which
+    the success target was reached, if it was) and eval.csv; draw the curve."""
     final = None
     if config.eval.final_episodes:
-        normalizer = model.get_vec_normalize_env()
-        if normalizer is not None:
-            sync_envs_normalization(normalizer, eval_env)
-        episodes = evaluate_episodes(model, eval_env, config.eval.final_episodes, config.eval.deterministic,
-                                     config.train.seed + EVAL_SEED_OFFSET)
+        episodes = evaluate_model(model, model.get_vec_normalize_env(), agent_of_config(config, run_dir.name),
+                                  evaluation_seeds(config, config.eval.final_episodes),
+                                  config.env.kwargs.get("disturbances") or {}, config.eval.deterministic)
         final = EvalSummary.of(episodes)
-        result = {"timesteps": model.num_timesteps, **final.as_dict()}
-        atomic_write(run_dir / "final_eval.json", lambda p: p.write_text(json.dumps(result, indent=1)))
-        append_row(run_dir / "eval.csv", eval_row(model.num_timesteps, final, wall_time_s))
-    plot_training_curve(run_dir / "eval.csv", run_dir / "training_curve.png", run_dir.name)
+        write_json(run_dir / FINAL_EVAL_FILE, {"timesteps": model.num_timesteps, "target_reached_at": target_reached_at,
+                                               **final.as_dict()})
+        append_eval_row(run_dir / EVAL_FILE, eval_row(model.num_timesteps, final, wall_time_s))
+    plot_training_curve(read_eval_rows(run_dir / EVAL_FILE), run_dir / CURVE_FILE, run_dir.name)
     return final
+
+
+def main(args: Any) -> None:
+    """``liquid-drones train`` (arguments: see agents/cli.py)."""
+    overrides = list(args.set)
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if args.config:
+                config = load_config(args.config, overrides)
+            else:
+                config = read_run_config(run_dir / CONFIG_FILE, overrides)
+            preflight(config)
+        else:
+            name = args.config or DEFAULT_CONFIG
+            config = load_config(name, overrides)
+            preflight(config)
+            label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+            if "-" not in label:
+                label = f"{label}-{config.policy.core}"
+            run_dir = prepare_run_dir(Path(args.root), args.name or timestamped_name(label))
+        train(config, run_dir, resume=bool(args.resume))
+    except (ConfigError, CheckpointError) as error:
+        sys.exit(f"error: {error}")

@@ -151,7 +151,12 @@ class QuadrotorEnv(gym.Env):
     @property
     def disturbance_axes(self) -> tuple[str, ...]:
         """The disturbance axes this env responds to (see envs/disturbances.py)."""
-        return COMMON_AXES + self.task_axes + (IMAGE_AXES if self.camera else ())
+        return self.axes_with(camera=self.camera is not None)
+
+    @classmethod
+    def axes_with(cls, camera: bool) -> tuple[str, ...]:
+        """The disturbance axes of this task, with or without a camera (no env is built)."""
+        return COMMON_AXES + cls.task_axes + (IMAGE_AXES if camera else ())
 
     @classmethod
     def argument_names(cls) -> list[str]:

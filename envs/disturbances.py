@@ -64,6 +64,15 @@ _BOUNDS = {
     "target_speed": (0.0, 10.0, True), "brightness": (-1.0, 1.0, True),
     "contrast": (0.0, 10.0, True), "pixel_noise": (0.0, 1.0, True),
 }
+#: Axis name -> the label of its level on a plot or in a report (quantity and unit).
+AXIS_LABELS = {
+    "wind": "wind speed (m/s)", "mass": "mass factor (x)", "motor": "one motor's efficiency (x)",
+    "obs_noise": "observation noise std (m, m/s, rad)", "latency": "latency (ms)",
+    "ctrl_rate": "control rate (Hz)", "push": "push (m/s)", "range": "goal distance factor (x)",
+    "density": "tree density factor (x)", "target_speed": "target speed factor (x)",
+    "brightness": "camera brightness offset", "contrast": "camera contrast (x)",
+    "pixel_noise": "camera pixel noise std",
+}
 GUST_TIME_CONSTANT = 1.0  # s, correlation time of the gust process
 PUSH_WINDOW = (0.25, 0.5)  # fraction of the episode time limit in which the push happens
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from agents.config import load_config
-from agents.train import algorithm_class, make_vec_env, normalize, train, uses_time_input
+from agents.run import algorithm_class, uses_time_input
+from agents.train import make_vec_env, normalize, train
 from policies.encoders import ConvStateEncoder
 from test_train import tiny
 

@@ -6,15 +6,10 @@ import pytest
 import yaml
 
 from agents.cli import main as cli
-from agents.config import (
-    ConfigError,
-    available_configs,
-    incompatible_keys,
-    load_config,
-    parse_override,
-    read_run_config,
-    save_config,
-)
+from agents.checkpoint import incompatible_keys
+from agents.config import ConfigError, available_configs, load_config, parse_override
+from agents.preflight import preflight
+from agents.run import read_run_config, save_config
 from policies import CORE_NAMES
 
 
@@ -76,7 +71,7 @@ def test_set_overrides_win_and_parse_yaml_values():
 )
 def test_bad_keys_and_values_raise_naming_the_key_and_what_is_allowed(override, named, allowed):
     with pytest.raises(ConfigError) as error:
-        load_config("hover-lstm", [override])
+        preflight(load_config("hover-lstm", [override]))
     assert named in str(error.value) and allowed in str(error.value)
 
 

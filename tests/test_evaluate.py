@@ -14,14 +14,10 @@ import pytest
 import envs  # noqa: F401  (registers LiquidDrones/*)
 from agents.cli import main
 from agents.config import load_config
-from agents.evaluate import (
-    RunError,
-    evaluate,
-    expert_spec,
-    fly,
-    load_run,
-    pilot_for,
-)
+from agents.evaluate import evaluate
+from agents.flight import expert_spec, fly, pilot_for
+from agents.flight import load_agent as load_run
+from agents.run import RunError
 from agents.metrics import EPISODE_COLUMNS, wilson_interval
 from agents.train import prepare_run_dir, train
 

@@ -11,9 +11,11 @@ import pytest
 
 from agents.cli import main
 from agents.compare import compare
-from agents.evaluate import expert_spec, load_run
+from agents.flight import expert_spec
+from agents.flight import load_agent as load_run
+from agents.io import RowLog
 from agents.metrics import ood_success
-from agents.parallel import RowLog, run_jobs
+from agents.parallel import run_jobs
 from agents.stress import StressError, Sweep, parse_axes, parse_levels, run_sweep
 from test_evaluate import SHORT, train_tiny_run
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
-from agents.callbacks import EvalSummary, evaluate_episodes
+from agents.callbacks import EvalSummary
 from agents.checkpoint import CheckpointError, list_checkpoints
-from agents.config import ConfigError, load_config, read_run_config
-from agents.metrics import Summary, action_smoothness
-from agents.train import algorithm_class, make_vec_env, train, uses_time_input
+from agents.config import ConfigError, load_config
+from agents.metrics import Summary
+from agents.run import algorithm_class, read_run_config, uses_time_input
+from agents.train import make_vec_env, train
 from policies import CORE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def test_every_core_trains_end_to_end_and_writes_a_loadable_run(core, tmp_path):
     result = train(config, tmp_path / "run", log=lambda _: None)
     run = result.run_dir
     assert result.timesteps == 2048
-    for name in ("config.yaml", "model.zip", "vecnormalize.pkl", "eval.csv", "training_curve.png",
+    for name in ("config.yaml", "model.zip", "vecnormalize.pkl", "normalization.json", "eval.csv", "training_curve.png",
                  "best_model.zip", "final_eval.json"):
         assert (run / name).is_file(), name
     assert any((run / "tb").rglob("events.out.tfevents.*"))
@@ -165,38 +166,34 @@ def test_subprocess_and_in_process_envs_give_the_same_seeded_episodes():
     assert np.all(trajectories[0][..., -1] > 0)  # the appended step duration
 
 
-class _RandomPilot:
-    """Stands in for a model in `evaluate_episodes`: uniform random actions, recorded per env and episode."""
+def test_training_evaluation_and_evaluate_fly_identical_episodes(tmp_path):
+    """One episode runner: the final training-time evaluation of a run and `evaluate` of the same
+    run on the same seeds give identical episode results (and the training summary adds only the
+    reward spread and mean length to the evaluate metrics)."""
+    config = load_config("hover-gru", [*tiny("gru"), "env.kwargs={episode_seconds: 1.0}", "eval.final_episodes=5"])
+    run = train(config, tmp_path / "run", log=lambda _: None).run_dir
+    from agents.callbacks import evaluate_model
+    from agents.evaluate import evaluate
+    from agents.flight import EVAL_SEED_OFFSET, agent_of_config, load_agent
+    from agents.train import evaluation_seeds
 
-    def __init__(self, n_envs: int) -> None:
-        self.rng = np.random.default_rng(0)
-        self.flown: list[list[list[np.ndarray]]] = [[] for _ in range(n_envs)]
+    seeds = evaluation_seeds(config, 5)
+    assert seeds[0] == config.train.seed + EVAL_SEED_OFFSET
+    model = algorithm_class(config).load(run / "model.zip", device="cpu")
+    normalizer = load_agent(run).normalizer
+    in_training = evaluate_model(model, normalizer, agent_of_config(config), seeds, {})
+    evaluate(load_agent(run), tmp_path / "eval", episodes=5, seed=seeds[0], backend="serial", trace=0,
+             log=lambda _: None)
+    from agents.io import RowLog
+    from agents.metrics import EpisodeResult
 
-    def predict(self, obs, state=None, episode_start=None, deterministic=True):
-        actions = self.rng.uniform(-1, 1, size=(len(obs), 4)).astype(np.float32)
-        for env, (start, action) in enumerate(zip(episode_start, actions)):
-            if start:
-                self.flown[env].append([])
-            self.flown[env][-1].append(action)
-        return actions, state
-
-
-def test_training_evaluation_rows_summarise_with_the_evaluate_metrics():
-    config = load_config("hover-gru", ["env.kwargs={episode_seconds: 0.5}"])
-    venv = make_vec_env(config, 2, seed=1, time_input=False)
-    pilot = _RandomPilot(2)
-    episodes = evaluate_episodes(pilot, venv, 5, seed=1)
-    venv.close()
-    assert len(episodes) == 5
-    assert all(e.success + e.crashed + e.timeout == 1 for e in episodes)
-    assert all(0 < e.shortest_path_m < 2 and e.path_length_m > 0 and e.time_s > 0 for e in episodes)
-    # Each row's smoothness is that of one flown episode's actions (as `agents.evaluate` computes it).
-    flown = {(len(a), round(action_smoothness(np.array(a)), 9)) for env in pilot.flown for a in env}
-    assert all((e.steps, round(e.action_smoothness, 9)) in flown for e in episodes)
-
-    summary = EvalSummary.of(episodes)
+    flown = [EpisodeResult.from_row(row) for row in RowLog.read(tmp_path / "eval" / "episodes.csv")]
+    assert [r.to_row() for r in in_training] == [r.to_row() for r in flown]
+    assert all(e.success + e.crashed + e.timeout == 1 for e in in_training)
+    final = json.loads((run / "final_eval.json").read_text())
+    summary = EvalSummary.of(in_training)
+    assert final["success_rate"] == summary.success_rate and final["mean_reward"] == pytest.approx(summary.mean_reward)
     np.testing.assert_equal({k: v for k, v in summary.as_dict().items() if k not in ("std_reward", "mean_length")},
-                            Summary.of(episodes).as_dict())
-    assert summary.success_rate + summary.crash_rate + summary.timeout_rate == pytest.approx(1.0)
-    assert summary.mean_length == np.mean([e.steps for e in episodes])
-    assert summary.std_reward == pytest.approx(np.std([e.reward for e in episodes]))
+                            Summary.of(in_training).as_dict())
+    assert summary.mean_length == np.mean([e.steps for e in in_training])
+    assert summary.std_reward == pytest.approx(np.std([e.reward for e in in_training]))

@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import matplotlib
+import numpy as np
+import psutil
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import envs  # noqa: E402
-from agents.reporting import print_rows, write_rows  # noqa: E402
+import envs
+from agents.io import write_rows
+from agents.report import print_rows, pyplot, save_figure
 
 MODES = ("ctbr", "velocity", "motors")
 # (env id, constructor kwargs): every task x action mode for Hover and Waypoints, and the sensor
@@ -78,6 +75,7 @@ def measure_reset_memory(env_id: str, resets: int = MEMORY_RESETS) -> list[dict[
 
 
 def _plot(speed: list[dict[str, Any]], memory: list[dict[str, Any]], path: Path) -> None:
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5), width_ratios=(2, 1))
     labels = [f"{r['env']}\n{r['action']}\n{r['observation']}" for r in speed]
     left.bar(labels, [r["steps_per_s"] for r in speed], color="tab:blue")
@@ -95,8 +93,7 @@ def _plot(speed: list[dict[str, Any]], memory: list[dict[str, Any]], path: Path)
     right.set_title("Memory over resets")
     right.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[str, Any]]:

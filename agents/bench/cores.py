@@ -24,15 +24,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import matplotlib
+import torch
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from agents.reporting import print_rows, write_rows  # noqa: E402
-from policies import build_core  # noqa: E402
+from agents.io import write_rows
+from agents.report import print_rows, pyplot, save_figure
+from policies import build_core
 
 FEATURES, STEPS, BATCH, ROLLOUT_ENVS = 20, 128, 64, 8
 UNITS, MOTOR = 32, 4
@@ -159,6 +156,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     threads = sorted({r["threads"] for r in rows})
+    plt = pyplot()
     fig, axes = plt.subplots(len(threads), 2, figsize=(14, 4.2 * len(threads)), squeeze=False)
     for (train_ax, rollout_ax), thread_count in zip(axes, threads):
         subset = [r for r in rows if r["threads"] == thread_count]
@@ -176,8 +174,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         for ax in (train_ax, rollout_ax):
             ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(out_dir: str = "runs/bench", quick: bool = False) -> list[dict[str, Any]]:

@@ -1,0 +1,163 @@
+"""What a person reads: console tables, Markdown tables, percentages and the plots of single runs.
+
+- `print_rows`: a table on the console, never narrower than `CONSOLE_WIDTH` (logs and CI are not
+  terminals), with long cells folded rather than cut.
+- `markdown_table`, `percent`: the pieces of every report.md.
+- `pyplot()`: matplotlib on the headless Agg backend (the one place that sets it up);
+  `save_figure` writes a PNG atomically and closes the figure.
+- `plot_training_curve` (eval.csv of a run), `write_trajectories` (flown paths),
+  `write_video` (rendered frames).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.io import atomic_write, replace_rows
+
+CONSOLE_WIDTH = 160  # characters: the width of console tables when stdout is not a terminal
+OUTCOME_COLOURS = {"success": "tab:green", "crash": "tab:red", "timeout": "tab:orange", "error": "black"}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def console() -> Any:
+    """A rich Console at least `CONSOLE_WIDTH` wide (rich's default for a pipe or file is 80)."""
+    from rich.console import Console
+
+    terminal = Console()
+    return terminal if terminal.is_terminal and terminal.width >= CONSOLE_WIDTH else Console(width=CONSOLE_WIDTH)
+
+
+def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float], xlabel: str, title: str) -> None:
+    """A horizontal bar chart, one bar per label (top to bottom in the given order)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+    ax.barh(list(labels)[::-1], list(values)[::-1], color="tab:blue")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def print_rows(rows: Sequence[dict[str, Any]], title: str) -> None:
+    """Print ``rows`` as a table on the console (cells are folded, never cut)."""
+    from rich.table import Table
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_format(row.get(column, "")) for column in columns))
+    console().print(table)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The lines of a Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def percent(value: float, low: float, high: float, signed: bool = False) -> str:
+    """``"83 % [71, 91]"`` (``signed``: ``"+5 % [-2, +12]"``); ``"n/a"`` for NaN."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    sign = "+" if signed else ""
+    return f"{100 * value:{sign}.0f} % [{100 * low:{sign}.0f}, {100 * high:{sign}.0f}]"
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Write ``fig`` as a PNG atomically and close it."""
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
+    pyplot().close(fig)
+
+
+def plot_training_curve(rows: Sequence[dict[str, float]], png_path: Path, title: str) -> None:
+    """Success and crash rate (left axis) and mean reward (right axis) against env steps."""
+    if not rows:
+        return
+    plt = pyplot()
+    steps = [r["timesteps"] for r in rows]
+    fig, rates = plt.subplots(figsize=(7, 4))
+    rates.plot(steps, [100 * r["success_rate"] for r in rows], "o-", color="tab:green", label="success %")
+    rates.plot(steps, [100 * r["crash_rate"] for r in rows], "s-", color="tab:red", label="crash %")
+    rates.set_xlabel("env steps")
+    rates.set_ylabel("% of evaluation episodes")
+    rates.set_ylim(-2, 102)
+    reward = rates.twinx()
+    reward.plot(steps, [r["mean_reward"] for r in rows], "--", color="tab:blue", label="mean reward")
+    reward.set_ylabel("mean episode reward")
+    handles = rates.get_legend_handles_labels()[0] + reward.get_legend_handles_labels()[0]
+    rates.legend(handles, [h.get_label() for h in handles], loc="lower right")
+    rates.set_title(title)
+    fig.tight_layout()
+    save_figure(fig, png_path)
+
+
+def write_trajectories(flights: Sequence[Any], control_hz: float, out_dir: Path, title: str) -> None:
+    """trajectories.csv (seed, outcome, step, x, y, z) and trajectories.png (top view, height) of
+    `agents.flight.Flight` records that carry positions."""
+    from matplotlib.lines import Line2D
+
+    rows = [{"seed": f.result.seed, "outcome": f.outcome, "step": step, "x": x, "y": y, "z": z}
+            for f in flights for step, (x, y, z) in enumerate(f.positions)]
+    replace_rows(out_dir / "trajectories.csv", ["seed", "outcome", "step", "x", "y", "z"], rows)
+
+    plt = pyplot()
+    fig, (top, height) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for f in flights:
+        colour = OUTCOME_COLOURS[f.outcome]
+        p, goals = f.positions, np.array(f.goals)
+        top.plot(p[:, 0], p[:, 1], color=colour, lw=1.2, alpha=0.8)
+        top.plot(goals[:, 0], goals[:, 1], "x--", color=colour, ms=7, lw=0.6, alpha=0.6)
+        top.plot(p[-1, 0], p[-1, 1], "o", color=colour, ms=4)
+        height.plot(np.arange(len(p)) / control_hz, p[:, 2], color=colour, lw=1.2, alpha=0.8)
+        height.axhline(goals[-1, 2], color=colour, ls=":", lw=0.6, alpha=0.6)
+    top.plot(0, 0, "ks", ms=6)
+    top.set(xlabel="x (m)", ylabel="y (m)", title="top view (x: goals, o: end, square: start)")
+    top.set_aspect("equal", adjustable="datalim")
+    height.set(xlabel="time (s)", ylabel="z (m)", title="height (dotted: final goal)")
+    counts = {o: sum(f.outcome == o for f in flights) for o in OUTCOME_COLOURS}
+    handles = [Line2D([], [], color=c, label=f"{o} ({counts[o]})") for o, c in OUTCOME_COLOURS.items() if counts[o]]
+    height.legend(handles=handles, loc="lower right")
+    fig.suptitle(f"{title} - first {len(flights)} episodes")
+    fig.tight_layout()
+    save_figure(fig, out_dir / "trajectories.png")
+
+
+def write_video(frames: Sequence[np.ndarray], stem: Path, fps: int) -> Path:
+    """Write ``stem.mp4`` (imageio-ffmpeg) or, without it, ``stem.gif`` at <= 25 frames/s."""
+    import imageio.v2 as imageio
+
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        keep = max(1, math.ceil(fps / 25))
+        path = stem.with_suffix(".gif")
+        atomic_write(path, lambda p: imageio.mimsave(p, list(frames[::keep]), format="GIF",
+                                                     duration=1000 * keep / fps, loop=0))
+        return path
+    path = stem.with_suffix(".mp4")
+    atomic_write(path, lambda p: imageio.mimsave(p, list(frames), format="FFMPEG", fps=fps))
+    return path
