@@ -4,7 +4,7 @@ A checkpoint is a folder ``checkpoints/step_<N>/`` holding everything an exact r
 
 - ``model.zip``: weights, optimiser state and the timestep counter (SB3's own format);
 - ``vecnormalize.pkl``: observation and return normalisation statistics (when used);
-- ``rng.pkl``: Python, NumPy and torch random-generator states;
+- ``rng.json``: Python, NumPy and torch random-generator states (plain numbers, no pickle);
 - ``manifest.json``: the step and a SHA-256 of every file, written last.
 
 The folder is written under a temporary name and renamed into place with `os.replace`, so a run
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import random
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from agents.config import Config
 
 MANIFEST = "manifest.json"
 PREFIX = "step_"
+RNG_FILE = "rng.json"
 
 
 #: Keys that may differ between a run's saved config and a ``--resume`` (the rest fix the model,
@@ -83,14 +83,20 @@ def _sha256(path: Path) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global random-generator states that training draws from."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": th.get_rng_state()}
+    """The global random-generator states that training draws from, as JSON-able numbers."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": th.get_rng_state().tolist()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    th.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    th.set_rng_state(th.tensor(state["torch"], dtype=th.uint8))
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,7 @@ class Checkpoint:
         return path if path.exists() else None
 
     def load_rng(self) -> dict[str, Any]:
-        with (self.path / "rng.pkl").open("rb") as handle:
-            return pickle.load(handle)
+        return json.loads((self.path / RNG_FILE).read_text())
 
 
 def save_checkpoint(model: BaseAlgorithm, directory: Path, keep: int) -> Checkpoint:
@@ -125,8 +130,7 @@ def save_checkpoint(model: BaseAlgorithm, directory: Path, keep: int) -> Checkpo
         normalizer = model.get_vec_normalize_env()
         if normalizer is not None:
             normalizer.save(str(tmp / "vecnormalize.pkl"))
-        with (tmp / "rng.pkl").open("wb") as handle:
-            pickle.dump(rng_state(), handle)
+        (tmp / RNG_FILE).write_text(json.dumps(rng_state()))
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
         if final.exists():
@@ -138,6 +142,17 @@ def save_checkpoint(model: BaseAlgorithm, directory: Path, keep: int) -> Checkpo
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old)
     return Checkpoint(final, step)
+
+
+def remove_partial_checkpoints(directory: Path) -> list[Path]:
+    """Delete the temporary folders that writes killed midway left behind; return them.
+
+    Call it only while holding the run folder's lock (no other writer is in the middle of one).
+    """
+    partial = [p for p in directory.glob(f".{PREFIX}*") if p.is_dir()] if directory.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -158,7 +173,7 @@ def verify(path: Path) -> Checkpoint:
         step, files = int(manifest["step"]), dict(manifest["files"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path} is corrupt: unreadable {MANIFEST} ({error})") from None
-    for name in ("model.zip", "rng.pkl"):
+    for name in ("model.zip", RNG_FILE):
         if name not in files:
             raise CheckpointError(f"checkpoint {path} is corrupt: {MANIFEST} lists no {name}")
     for name, expected in files.items():

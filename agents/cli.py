@@ -43,21 +43,40 @@ def _verb(module: str) -> Callable[[argparse.Namespace], None]:
     return run
 
 
+TRUST = ("Run folders hold pickled Python objects (SB3 model.zip entries, checkpoints): loading one can run "
+         "code. Load only runs you trust.")
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (a bad value stops before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_flight_options(parser: argparse.ArgumentParser) -> None:
     """Options of every verb that flies closed-loop episodes (evaluate, stress, compare)."""
     from agents.flight import DEFAULT_BATCH, DEFAULT_EPISODES, DEFAULT_SEED
     from agents.parallel import BACKENDS
 
-    parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES,
+    parser.add_argument("--episodes", type=at_least(1), default=DEFAULT_EPISODES,
                         help=f"episodes per setting (default {DEFAULT_EPISODES})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    parser.add_argument("--seed", type=at_least(0), default=DEFAULT_SEED,
                         help=f"seed of the first episode; episode i uses seed + i (default {DEFAULT_SEED})")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the policy mean")
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+    parser.add_argument("--batch", type=at_least(1), default=DEFAULT_BATCH,
                         help=f"envs stepped together per job (default {DEFAULT_BATCH})")
     parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="local process pool (default), Ray, or serial in this process")
-    parser.add_argument("--workers", type=int, help="parallel workers (default: the CPU count)")
+    parser.add_argument("--workers", type=at_least(1), help="parallel workers (default: the CPU count)")
     parser.add_argument("--address", help="Ray cluster address (with --backend ray; default: a local Ray)")
     parser.add_argument("--env", help="env of the PID expert when no run is given (default Hover-v0)")
     parser.add_argument("--action", help="action mode of the PID expert (motors, ctbr, velocity)")
@@ -100,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a policy (default: Hover-v0 with a CfC core on an AutoNCP wiring)",
         description="Train a policy into runs/<name>/. Configs: a name from agents/configs "
-        "(hover, waypoints, or task-core such as hover-lstm) or a YAML file.",
+        "(hover, waypoints, or task-core such as hover-lstm) or a YAML file. --resume loads the run's "
+        "checkpoints: " + TRUST,
         epilog="config keys (--set KEY=VALUE), with their built-in defaults:\n" + describe_schema(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -110,14 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", help="run folder name under --root (default: <config>-<timestamp>)")
     train.add_argument("--root", default="runs", help="output root folder")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
-    train.add_argument("--seed", type=int, help="seed (same as --set train.seed=N)")
+    train.add_argument("--seed", type=at_least(0), help="seed (same as --set train.seed=N)")
     train.set_defaults(func=_verb("train"))
 
     evaluate = verbs.add_parser(
         "evaluate",
         help="closed-loop episodes of a run (or the PID expert): metrics, trajectories, video",
         description="Fly episodes with a trained run (or --agent expert) and write episodes.csv, "
-        "metrics.json, trajectories.png and, with --video, a video; default folder RUN_DIR/eval-<setting>.",
+        "metrics.json, trajectories.png and, with --video, a video; default folder RUN_DIR/eval-<setting>. "
+        + TRUST,
     )
     evaluate.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run folder written by train")
     evaluate.add_argument("--agent", choices=("policy", "expert"), default="policy",
@@ -130,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video-episodes", type=int, default=VIDEO_EPISODES,
                           help=f"episodes in the video (default {VIDEO_EPISODES})")
     evaluate.add_argument("--out", help="output folder")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an evaluation already in the folder")
     _add_flight_options(evaluate)
     evaluate.set_defaults(func=_verb("evaluate"))
 
@@ -137,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stress",
         help="success vs disturbance level per axis for runs (and the expert), paired seeds",
         description="Sweep each disturbance axis over its levels with the same episode seeds for every "
-        "run and level; writes episodes.csv, results.csv, summary.json, robustness.png and report.md.",
+        "run and level; writes episodes.csv, results.csv, summary.json, robustness.png and report.md. " + TRUST,
     )
     _add_sweep_options(stress)
     stress.set_defaults(func=_verb("stress"))
@@ -146,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="runs side by side: core, parameters, in-distribution and OOD success, training cost",
         description="Compare runs from one paired stress test (flown into <out>/stress unless --stress "
-        "names a finished one); writes compare.csv, compare.md and compare.png.",
+        "names a finished one); writes compare.csv, compare.md and compare.png. " + TRUST,
     )
     compare.add_argument("--stress", metavar="STRESS_DIR", help="reuse this finished stress test")
     _add_sweep_options(compare)

@@ -23,6 +23,7 @@ import numpy as np
 from agents.config import config_from_dict
 from agents.flight import AgentSpec
 from agents.io import timestamped_name, write_rows, write_text
+from agents.lock import FolderLock, LockError
 from agents.report import markdown_table, percent, print_rows, pyplot, save_figure
 from agents.robustness import StressError
 from agents.run import load_model
@@ -78,6 +79,15 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Compare the agents of ``sweep``; fly the sweep into ``out_dir/stress`` unless ``stress_dir``
     already holds a stress test of (at least) these agents."""
+    lock = FolderLock(out_dir, "comparison folder", log)
+    try:
+        return _compare(sweep, out_dir, stress_dir, backend, workers, address, resume, log)
+    finally:
+        lock.release()
+
+
+def _compare(sweep: Sweep, out_dir: Path, stress_dir: Path | None, backend: str, workers: int | None,
+             address: str | None, resume: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
     if stress_dir is None:
         summary = run_sweep(sweep, out_dir / "stress", backend, workers, address, resume, log)
     else:
@@ -196,5 +206,7 @@ def main(args: Any) -> None:
     out_dir = Path(args.out) if args.out else Path(args.root) / timestamped_name("compare")
     try:
         compare(sweep, out_dir, stress_dir, args.backend, args.workers, args.address, args.resume)
-    except StressError as error:
+    except (StressError, LockError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:
+        sys.exit(f"error: cannot write the comparison: {error}")

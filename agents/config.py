@@ -351,6 +351,16 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(copy.deepcopy(data))
 
 
+#: Keys (or prefixes) added after run folders were first written: a run's config.yaml may lack them (their
+#: defaults then apply); every other key must be there.
+LATER_KEYS = ("train.stop_at_success", "train.max_minutes")
+
+
+def schema_keys() -> list[str]:
+    """Every ``section.key`` of the schema."""
+    return [f"{section}.{f.name}" for section, cls in _SECTION_CLASSES.items() for f in dataclasses.fields(cls)]
+
+
 def describe_schema() -> str:
     """Every key with its default and meaning (for ``--help`` and error messages)."""
     lines = []

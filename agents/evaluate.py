@@ -32,6 +32,7 @@ from agents.flight import (
     split,
 )
 from agents.io import RowLog, replace_rows, write_json
+from agents.lock import FolderLock, LockError
 from agents.metrics import EPISODE_COLUMNS, EpisodeResult, Summary
 from agents.parallel import check_backend, default_workers
 from agents.report import write_trajectories, write_video
@@ -64,10 +65,27 @@ def evaluate(
     video: int = 0,
     trace: int = TRACE_EPISODES,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> Summary:
-    """Fly ``episodes`` episodes (seeds ``seed, seed + 1, ...``) and write the evaluation files."""
+    """Fly ``episodes`` episodes (seeds ``seed, seed + 1, ...``) and write the evaluation files.
+
+    :raise EvaluationError: if ``out_dir`` already holds an evaluation (unless ``overwrite``), or
+        if every episode raised
+    :raise agents.lock.LockError: if another process writes into ``out_dir``
+    """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    with FolderLock(out_dir, "evaluation folder", log):
+        if not overwrite and any((out_dir / name).exists() for name in ("episodes.csv", "metrics.json")):
+            raise EvaluationError(f"{out_dir} already holds an evaluation; pass --overwrite to replace it "
+                                  f"or choose another --out")
+        return _evaluate(spec, out_dir, episodes, seed, disturbances, deterministic, batch, backend, workers,
+                         address, video, trace, log)
+
+
+def _evaluate(spec: AgentSpec, out_dir: Path, episodes: int, seed: int, disturbances: dict[str, Any] | None,
+              deterministic: bool, batch: int, backend: str, workers: int | None, address: str | None,
+              video: int, trace: int, log: Callable[[str], None]) -> Summary:
     disturbances = dict(disturbances or {})
     seeds = list(range(seed, seed + episodes))
     workers = workers or default_workers()
@@ -147,6 +165,8 @@ def main(args: Any) -> None:
     try:
         evaluate(spec, out_dir, args.episodes, args.seed, disturbances, not args.stochastic, args.batch,
                  args.backend, args.workers, args.address,
-                 video=args.video_episodes if args.video else 0)
-    except EvaluationError as error:
+                 video=args.video_episodes if args.video else 0, overwrite=args.overwrite)
+    except (EvaluationError, LockError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:
+        sys.exit(f"error: cannot write the evaluation: {error}")

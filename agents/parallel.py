@@ -108,8 +108,24 @@ def run_jobs(
         bar.close()
 
 
-def _init_worker() -> None:
-    """One torch/BLAS thread per worker process (set before torch is imported by the first job)."""
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to end this worker when its parent dies (Linux: PR_SET_PDEATHSIG), so that
+    killing a sweep does not leave its pool workers running; a worker whose parent died before
+    this was set ends at once."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
+    """One torch/BLAS thread per worker process (set before torch is imported by the first job);
+    the worker dies with its parent (pid ``parent``)."""
+    _die_with_parent(parent)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"
     if "torch" in sys.modules:
@@ -119,7 +135,7 @@ def _init_worker() -> None:
 def _pool(workers: int) -> ProcessPoolExecutor:
     # spawn: a fresh interpreter per worker (fork after torch/pybullet set up threads is unsafe).
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker)
+                               initializer=_init_worker, initargs=(os.getpid(),))
 
 
 def _run_local(fn: Callable, jobs: Sequence[Any], report: Callable, workers: int) -> None:

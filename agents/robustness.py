@@ -152,6 +152,9 @@ def analyse(sweep: Sweep, rows: list[dict[str, str]], out_dir: Path,
         log(f"warning: {errors} episode(s) raised and count as failures; their messages are in the "
             f"error column of {out_dir / 'episodes.csv'}")
     log(f"wrote {out_dir}/results.csv, summary.json, robustness.png, report.md")
+    if errors == len(rows):
+        raise StressError(f"every one of the {errors} episodes raised: there is no result; see the error column "
+                          f"of {out_dir / 'episodes.csv'}")
     return summary
 
 

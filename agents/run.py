@@ -30,7 +30,16 @@ from typing import Any
 
 import yaml
 
-from agents.config import Config, ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
+from agents.config import (
+    LATER_KEYS,
+    Config,
+    ConfigError,
+    config_from_dict,
+    parse_override,
+    read_yaml,
+    schema_keys,
+    set_dotted,
+)
 from agents.io import RowLog, replace_rows, write_text
 from agents.normalization import NORMALIZATION_FILE, ObsNormalizer
 
@@ -68,9 +77,19 @@ def read_run_config(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     if not data:
         raise ConfigError(f"{path} is empty: the run's configuration is lost (refusing to fall back "
                           f"to built-in defaults that would not describe its model)")
+    missing = [key for key in schema_keys() if not key.startswith(LATER_KEYS) and not _has(data, key)]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: it is cut "
+                          f"off or was edited (a run's config.yaml holds every key; refusing to fill in defaults "
+                          f"that may not describe its model)")
     for key, value in map(parse_override, overrides):
         set_dotted(data, key, value)
     return config_from_dict(data)
+
+
+def _has(data: dict[str, Any], dotted: str) -> bool:
+    section, key = dotted.split(".", 1)
+    return isinstance(data.get(section), dict) and key in data[section]
 
 
 def uses_time_input(config: Config) -> bool:

@@ -36,6 +36,7 @@ from agents.flight import (
     run_flight_jobs,
 )
 from agents.io import RowLog, replace_rows, timestamped_name, write_json
+from agents.lock import FolderLock, LockError
 from agents.metrics import EPISODE_COLUMNS
 from agents.parallel import check_backend
 from agents.robustness import NOMINAL, StressError, analyse, cell_of, nominal_level
@@ -77,6 +78,8 @@ def parse_levels(texts: Sequence[str], axes: Sequence[str]) -> dict[str, tuple[f
         levels[axis] = values
     for axis, values in levels.items():
         for value in values:
+            if axis == "ctrl_rate" and not (value > 0 and float(value).is_integer()):
+                raise StressError(f"level ctrl_rate={value}: a control rate is a whole number of Hz, e.g. 24, 48, 96")
             try:
                 Disturbances.level(axis, value)
             except ValueError as error:
@@ -167,7 +170,16 @@ def run_sweep(
     resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Fly the sweep into ``out_dir`` (see the module docstring) and return the summary."""
+    """Fly the sweep into ``out_dir`` (see the module docstring) and return the summary.
+
+    :raise agents.lock.LockError: if another process writes into ``out_dir``
+    """
+    with FolderLock(out_dir, "stress folder", log):
+        return _run_sweep(sweep, out_dir, backend, workers, address, resume, log)
+
+
+def _run_sweep(sweep: Sweep, out_dir: Path, backend: str, workers: int | None, address: str | None,
+               resume: bool, log: Callable[[str], None]) -> dict[str, Any]:
     settings_path, csv_path = out_dir / "stress.json", out_dir / "episodes.csv"
     settings = sweep.settings()
     jobs = sweep.jobs()
@@ -213,5 +225,7 @@ def main(args: Any) -> None:
     out_dir = Path(args.out) if args.out else Path(args.root) / timestamped_name("stress")
     try:
         run_sweep(sweep, out_dir, args.backend, args.workers, args.address, args.resume)
-    except StressError as error:
+    except (StressError, LockError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:
+        sys.exit(f"error: cannot write the stress test: {error}")

@@ -43,12 +43,14 @@ from agents.checkpoint import (
     CheckpointError,
     incompatible_keys,
     latest_checkpoint,
+    remove_partial_checkpoints,
     save_checkpoint,
     set_rng_state,
 )
 from agents.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from agents.flight import EVAL_SEED_OFFSET, agent_of_config
 from agents.io import atomic_write, timestamped_name, write_json
+from agents.lock import LOCK_FILE, FolderLock, LockError
 from agents.normalization import NORMALIZATION_FILE, ObsNormalizer, StepDurationVecNormalize
 from agents.preflight import preflight
 from agents.report import plot_training_curve
@@ -186,9 +188,10 @@ def prepare_run_dir(root: Path, name: str) -> Path:
     if Path(name).is_absolute() or ".." in Path(name).parts or not name.strip():
         raise ConfigError(f"--name {name!r} must be a plain folder name inside --root {root} "
                           f"(no '..', no absolute path)")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    lock = FolderLock(run_dir, "run folder")  # before looking inside: two processes may race here
+    if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        lock.release()
         raise ConfigError(f"run folder {run_dir} already exists; pick another --name or --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -205,9 +208,16 @@ def train(
     """
     started = time.time()
     preflight(config)
+    with FolderLock(run_dir, "run folder", log):
+        return _train_locked(config, run_dir, resume, log, started)
+
+
+def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[str], None],
+                  started: float) -> TrainResult:
     if config.train.torch_threads:
         th.set_num_threads(config.train.torch_threads)
     time_input = uses_time_input(config)
+    remove_partial_checkpoints(run_dir / CHECKPOINT_DIR)
     ckpt = checkpoint_to_resume(config, run_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume or read_run_config(run_dir / CONFIG_FILE) != config:
@@ -345,5 +355,7 @@ def main(args: Any) -> None:
                 label = f"{label}-{config.policy.core}"
             run_dir = prepare_run_dir(Path(args.root), args.name or timestamped_name(label))
         train(config, run_dir, resume=bool(args.resume))
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, LockError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:
+        sys.exit(f"error: cannot write the run: {error}")

@@ -189,10 +189,13 @@ def test_load_run_names_what_is_missing(tmp_path, runs):
     (["evaluate", "--agent", "expert", "--disturb", "gale=3"], "unknown disturbance axis ['gale']"),
     (["evaluate", "--agent", "expert", "--disturb", "density=2"], "does not respond to disturbance density"),
     (["evaluate", "--agent", "expert", "--env", "Orbit-v0"], "unknown env 'Orbit-v0'; allowed"),
-    (["evaluate", "--agent", "expert", "--episodes", "0"], "--episodes must be >= 1"),
+    (["evaluate", "--agent", "expert", "--episodes", "0"], "--episodes: must be >= 1, got 0"),
+    (["evaluate", "--agent", "expert", "--seed", "-5"], "--seed: must be >= 0, got -5"),
+    (["evaluate", "--agent", "expert", "--workers", "-1"], "--workers: must be >= 1, got -1"),
 ])
-def test_bad_evaluate_input_stops_with_a_message_before_any_episode(argv, message, tmp_path):
+def test_bad_evaluate_input_stops_with_a_message_before_any_episode(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([*argv, "--root", str(tmp_path)])
-    assert message in str(stop.value)
+    assert stop.value.code != 0
+    assert message in str(stop.value.code) + capsys.readouterr().err
     assert not any(tmp_path.iterdir())

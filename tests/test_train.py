@@ -105,7 +105,8 @@ def test_run_killed_after_a_checkpoint_resumes_to_exactly_the_requested_steps(tm
 
     messages = []
     result = train(read_run_config(run / "config.yaml"), run, resume=True, log=messages.append)
-    assert messages[0] == f"resuming {run} from step {killed_at:,}"
+    assert messages[0] == f"note: run folder {run.resolve()} was left by process {process.pid}, which died; taking it over"
+    assert messages[1] == f"resuming {run} from step {killed_at:,}"
     assert result.timesteps == 6144
     config = read_run_config(run / "config.yaml")
     model = algorithm_class(config).load(run / "model.zip", device="cpu")
