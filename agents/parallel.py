@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from tqdm import tqdm
+from agents.progress import Progress
 
 BACKENDS = ("local", "ray", "serial")
 
@@ -82,7 +82,7 @@ def run_jobs(
     """
     check_backend(backend, address)
     workers = workers or default_workers()
-    bar = tqdm(total=sum(size(job) for job in jobs), desc=desc, unit=unit, dynamic_ncols=True)
+    bar = Progress(sum(size(job) for job in jobs), desc, unit)
 
     def report(index: int, result: Any, error: str | None) -> None:
         if error is None:

@@ -318,18 +318,19 @@ def save_run(model: BaseAlgorithm, config: Config, run_dir: Path) -> None:
 
 def final_evaluation(model: BaseAlgorithm, config: Config, run_dir: Path, wall_time_s: float,
                      target_reached_at: int | None = None) -> EvalSummary | None:
-    """Evaluate ``eval.final_episodes`` episodes into final_eval.json (with the env steps at which
-    the success target was reached, if it was) and eval.csv; draw the curve."""
+    """Evaluate ``eval.final_episodes`` episodes into eval.csv; draw the curve; write
+    final_eval.json last (the run's "finished" mark: its steps, the env steps at which the success
+    target was reached if it was, and the final metrics if evaluated)."""
     final = None
     if config.eval.final_episodes:
         episodes = evaluate_model(model, model.get_vec_normalize_env(), agent_of_config(config, run_dir.name),
                                   evaluation_seeds(config, config.eval.final_episodes),
                                   config.env.kwargs.get("disturbances") or {}, config.eval.deterministic)
         final = EvalSummary.of(episodes)
-        write_json(run_dir / FINAL_EVAL_FILE, {"timesteps": model.num_timesteps, "target_reached_at": target_reached_at,
-                                               **final.as_dict()})
         append_eval_row(run_dir / EVAL_FILE, eval_row(model.num_timesteps, final, wall_time_s))
     plot_training_curve(read_eval_rows(run_dir / EVAL_FILE), run_dir / CURVE_FILE, run_dir.name)
+    write_json(run_dir / FINAL_EVAL_FILE, {"timesteps": model.num_timesteps, "target_reached_at": target_reached_at,
+                                           **(final.as_dict() if final else {})})
     return final
 
 
