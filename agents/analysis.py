@@ -421,15 +421,26 @@ def strict_json(value: Any) -> Any:
     return value
 
 
+def _points(fraction: float, sign: str) -> str:
+    """A fraction in percent, whole numbers except that a non-zero value never shows as 0."""
+    value = 100 * fraction
+    return f"{value:{sign}.1f}" if 0 < abs(value) < 0.5 else f"{value:{sign}.0f}"
+
+
 def _percent(value: float, low: float, high: float, signed: bool = False) -> str:
     sign = "+" if signed else ""
     if math.isnan(value):
         return "n/a"
-    return f"{100 * value:{sign}.0f} % [{100 * low:{sign}.0f}, {100 * high:{sign}.0f}]"
+    return f"{_points(value, sign)} % [{_points(low, sign)}, {_points(high, sign)}]"
 
 
-def _number(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+def _number(value: float | list[float], form: str = ",.0f") -> str:
+    if isinstance(value, list):
+        return ", ".join(_number(v, form) for v in value)
+    return "n/a" if math.isnan(value) else f"{value:{form}}"
+
+
+UNIT_FORMAT = {"final_distance_m": ".3f", "time_to_goal_s": ".2f"}
 
 
 def _with_interval(entry: Mapping[str, float], metric: str) -> str:
@@ -437,7 +448,8 @@ def _with_interval(entry: Mapping[str, float], metric: str) -> str:
         return _percent(entry["value"], entry["low"], entry["high"])
     if math.isnan(entry["value"]):
         return "n/a"
-    return f"{entry['value']:.3g} [{entry['low']:.3g}, {entry['high']:.3g}]"
+    form = UNIT_FORMAT[metric]
+    return f"{entry['value']:{form}} [{entry['low']:{form}}, {entry['high']:{form}}]"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -457,8 +469,7 @@ def _overview(summary: Mapping[str, Any], subset: str) -> list[str]:
         part = entry[subset]
         learned = entry["learned_fraction"]
         facts = [f"{entry['reached_target']}/{len(entry['seeds'])}", _number(entry["steps_to_target"]),
-                 _number(entry["minutes_to_target"]), _number(entry["params"]) if not isinstance(entry["params"], list)
-                 else ", ".join(f"{p:g}" for p in entry["params"])]
+                 _number(entry["minutes_to_target"], ".1f"), _number(entry["params"])]
         if part is None:
             rows.append([name, f"{len(entry['seeds'])} (0 learned)", _percent(**learned), *["—"] * 6, *facts])
             continue
@@ -479,14 +490,14 @@ def _overview(summary: Mapping[str, Any], subset: str) -> list[str]:
 
 
 def _axis_table(summary: Mapping[str, Any], axis: str, subset: str) -> list[str]:
-    rows = []
-    for name, entry in summary["variants"].items():
-        part = entry[subset]
-        if part is None or axis not in part["axes"]:
-            continue
-        for level in part["axes"][axis]["levels"]:
-            rows.append([_level_text(level), name, *(_with_interval(level[m], m) for m in METRICS)])
-        rows.append(["mean OOD", name, _with_interval(part["axes"][axis]["ood_success"], "success_rate"), "", "", ""])
+    """Rows level by level (variants side by side at each), then each variant's mean OOD success."""
+    parts = {name: entry[subset]["axes"][axis] for name, entry in summary["variants"].items()
+             if entry[subset] is not None and axis in entry[subset]["axes"]}
+    order, _ = _level_positions(summary, axis)
+    rows = [[_level_text(level), name, *(_with_interval(level[m], m) for m in METRICS)]
+            for value in order for name, part in parts.items() for level in part["levels"] if level["level"] == value]
+    rows += [["mean OOD", name, _with_interval(part["ood_success"], "success_rate"), "", "", ""]
+             for name, part in parts.items()]
     return _table(["level", "variant", *(METRIC_TEXT[m] for m in METRICS)], rows)
 
 
@@ -553,10 +564,12 @@ def _colours(names: Sequence[str]) -> dict[str, str]:
 
 
 def _grid(panels: int, width: float, height: float, rows: int = 1) -> tuple[Any, np.ndarray]:
-    """A figure of ``rows`` x ``panels`` axes (wrapped at 4 columns when rows == 1)."""
+    """A figure of ``rows`` x ``panels`` axes (wrapped at 4 columns when rows == 1; with several
+    rows, the panels of a row share their y axis: one metric per row)."""
     ncols = min(4, panels) if rows == 1 else panels
     nrows = math.ceil(panels / ncols) if rows == 1 else rows
-    fig, axes = _pyplot().subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 1.0), squeeze=False)
+    fig, axes = _pyplot().subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 1.0), squeeze=False,
+                                   sharey="row" if rows > 1 else False)
     return fig, axes
 
 
@@ -578,7 +591,8 @@ def _finish(fig: Any, panels: np.ndarray, used: int, caption: str, legend: bool 
         handles, labels = panels.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False)
     fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.93 if legend else 0.98))
+    height = fig.get_figheight()  # inches: keep 0.45 in for the caption and 0.5 in for the legend
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1 - (0.5 if legend else 0.1) / height))
 
 
 def _level_curves(summary: Mapping[str, Any], metrics: Sequence[str], path: Path, caption: str,
@@ -621,8 +635,11 @@ def _level_curves(summary: Mapping[str, Any], metrics: Sequence[str], path: Path
                 panel.set_title(axis)
             if j == 0 or rows == 1:
                 panel.set_ylabel(METRIC_TEXT[metric] + (" (%)" if scale == 100.0 else ""), fontsize=9)
-            if scale == 100.0:
+            if metric == "success_rate":
                 panel.set_ylim(-4, 104)
+    for i, metric in enumerate(metrics):  # after plotting: a shared row autoscales to all its panels
+        if metric in ("crash_rate", "final_distance_m"):
+            (panels[i, 0] if rows > 1 else panels.flat[0]).set_ylim(0, None)
     _finish(fig, panels, len(axes) * rows if rows > 1 else len(axes), caption)
     _save(fig, path)
 
@@ -630,6 +647,8 @@ def _level_curves(summary: Mapping[str, Any], metrics: Sequence[str], path: Path
 def plot_learning_curves(summary: Mapping[str, Any], path: Path) -> None:
     """One panel per variant: each seed's evaluation success (thin), their mean (thick) and the
     band between the lowest and highest seed."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     curves = summary["curves"]
     names = list(curves)
     colours = _colours(list(summary["variants"]) + [n for n in names if n not in summary["variants"]])
@@ -643,6 +662,8 @@ def plot_learning_curves(summary: Mapping[str, Any], path: Path) -> None:
                            alpha=0.15, lw=0)
         panel.plot(t, 100 * np.array(c["mean"]), color=colours[name], lw=2.2)
         panel.set(title=f"{name} ({len(c['seeds'])} seeds)", xlabel="training steps", ylim=(-4, 104))
+        panel.xaxis.set_major_locator(MaxNLocator(5))
+        panel.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k"))
         panel.grid(alpha=0.3)
     for panel in panels[:, 0]:
         panel.set_ylabel("evaluation success (%)")
@@ -662,6 +683,9 @@ def plot_differences(summary: Mapping[str, Any], path: Path) -> None:
         panel.errorbar(100 * d["value"], yi, xerr=[[100 * (d["value"] - d["low"])], [100 * (d["high"] - d["value"])]],
                        fmt="o", color=colours[d["variant"]], capsize=3, ms=5)
     panel.axvline(0, color="black", lw=0.8)
+    for yi, above, below in zip(y[1:], differences, differences[1:]):
+        if above["variant"] != below["variant"]:
+            panel.axhline(yi + 0.5, color="grey", lw=0.5)
     panel.set_yticks(y, [f"{d['variant']}: {d['quantity']}" for d in differences], fontsize=8)
     panel.set_ylim(-0.7, len(differences) - 0.3)
     panel.set_xlabel(f"success difference to {summary['settings']['reference']} (percentage points)")

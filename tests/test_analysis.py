@@ -73,8 +73,9 @@ def episode_rows(probabilities: dict[str, list[float]], episodes: int = 12, seed
                     success = rng.random() < p_cell
                     crashed = not success and rng.random() < 0.5
                     distance = rng.uniform(0.01, 0.09) if success else rng.uniform(0.1, 0.6)
-                    result = EpisodeResult(e, success, crashed, not (success or crashed), 240, 5.0 if success
-                                           else 10.0, 1.5, 1.0, distance, 0.1, 1.0)
+                    time_s = rng.uniform(3.0, 6.0) + (level if axis == "wind" else 0.0) if success else 10.0
+                    result = EpisodeResult(e, success, crashed, not (success or crashed), 240, time_s, 1.5, 1.0,
+                                           distance, 0.1, 1.0)
                     row = {k: str(v) for k, v in result.to_row().items()}
                     rows.append({**row, "variant": variant, "seed": str(training_seed), "axis": axis,
                                  "level": str(level), "episode_seed": str(100 + e)})
