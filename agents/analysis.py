@@ -265,22 +265,27 @@ def _subset_summary(data: VariantData, weights: np.ndarray, seed_weights: np.nda
     return summary, comparable
 
 
-def verdict(variant: str, reference: str, quantity: str, difference: float, low: float, high: float) -> str:
-    """One plain sentence about a difference in success (variant - reference) and its 95 % interval."""
+def verdict(variant: str, reference: str, quantity: str, difference: float, low: float, high: float,
+            seeds: int = 2) -> str:
+    """One plain sentence about a difference in success (variant - reference) and its 95 % interval;
+    ``seeds``: the fewest training seeds on either side (one cannot show seed-to-seed variation)."""
     head = f"{variant} vs {reference}, {quantity}: {_percent(difference, low, high, signed=True)}"
     if any(math.isnan(v) for v in (difference, low, high)):
         return f"{head} — not enough data for a verdict"
+    if seeds < 2:
+        return f"{head} — no verdict: one training seed shows no seed-to-seed variation"
     if low <= 0.0 <= high:
         return f"{head} — no evidence of a difference"
     return f"{head} — {variant if low > 0 else reference} is better"
 
 
-def _differences(stats: Mapping[str, Mapping[str, tuple[float, np.ndarray]]], reference: str) -> list[dict[str, Any]]:
+def _differences(stats: Mapping[str, Mapping[str, tuple[float, np.ndarray]]], seeds: Mapping[str, int],
+                 reference: str) -> list[dict[str, Any]]:
     rows = []
     for variant, own in stats.items():
         if variant == reference:
             continue
-        ref = stats[reference]
+        ref, fewest = stats[reference], min(seeds[variant], seeds[reference])
         for name in own:
             if name not in ref:
                 continue
@@ -289,7 +294,7 @@ def _differences(stats: Mapping[str, Mapping[str, tuple[float, np.ndarray]]], re
             result = estimate(own[name][0] - ref[name][0], own[name][1] - ref[name][1])  # paired resamples
             rows.append({"variant": variant, "reference": reference, "quantity": quantity, **result,
                          "verdict": verdict(variant, reference, quantity, result["value"], result["low"],
-                                            result["high"])})
+                                            result["high"], fewest)})
     return rows
 
 
@@ -390,7 +395,8 @@ def analyse_study(
                 continue
             variants[name][subset], stats[subset][name] = _subset_summary(
                 d.subset(subsets[name, subset]), weights.episodes, weights.seeds[name, subset], nominal_levels)
-    differences = {subset: (_differences(stats[subset], reference) if reference in stats[subset] else [])
+    differences = {subset: (_differences(stats[subset], {name: len(subsets[name, subset]) for name in stats[subset]},
+                                         reference) if reference in stats[subset] else [])
                    for subset in SUBSETS}
     axes = sorted({axis for d in data.values() for axis, _ in d.cells[1:]})
     return {
@@ -519,8 +525,9 @@ def study_markdown(summary: Mapping[str, Any]) -> str:
         "OOD drop = in-distribution success - mean OOD success. Final distance in metres (episodes "
         "that flew), time to goal in seconds (successful episodes); steps and minutes to target are "
         "means over the runs that reached it.", "",
-        "![robustness](robustness.png)", "", "![graded metrics](graded.png)", "",
     ]
+    if settings["axes"]:
+        lines += ["![robustness](robustness.png)", "", "![graded metrics](graded.png)", ""]
     if summary["curves"]:
         lines += ["![learning curves](learning_curves.png)", ""]
     if any(summary["differences"].values()):
@@ -621,11 +628,11 @@ def _level_curves(summary: Mapping[str, Any], metrics: Sequence[str], path: Path
                 low = np.array([level[metric]["low"] for level in levels]) * scale
                 high = np.array([level[metric]["high"] for level in levels]) * scale
                 panel.errorbar(x, y, yerr=[y - low, high - y], fmt="o-", color=colours[name], ms=4, lw=1.2,
-                               capsize=2, label=name)
+                               capsize=0 if seed_points else 2, label=name)  # seed dashes need no caps beside them
                 if seed_points:
                     for xi, level in zip(x, levels):
                         seeds = np.array(level["seed_success"]) * scale
-                        panel.plot(np.full(len(seeds), xi), seeds, "_", color=colours[name], ms=7, alpha=0.6)
+                        panel.plot(np.full(len(seeds), xi), seeds, "_", color=colours[name], ms=8, mew=1.5, alpha=0.55)
             panel.set_xticks(range(len(order)), ticks, fontsize=8)
             panel.set_xlim(-0.6, len(order) - 0.4)
             panel.grid(alpha=0.3)
@@ -706,13 +713,15 @@ def write_study_report(summary: Mapping[str, Any], out_dir: str | Path) -> list[
     text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
     atomic_write(out / "study.json", lambda p: p.write_text(text + "\n"))
     atomic_write(out / "report.md", lambda p: p.write_text(study_markdown(summary)))
-    written = [out / "study.json", out / "report.md", out / "robustness.png", out / "graded.png"]
-    _level_curves(summary, ["success_rate"], out / "robustness.png",
-                  "Success by level (all seeds): mean over seeds with its 95 % hierarchical-bootstrap "
-                  "interval; dashes: each seed's own success.", seed_points=True)
-    _level_curves(summary, ["final_distance_m", "crash_rate", "time_to_goal_s"], out / "graded.png",
-                  "Graded metrics by level (all seeds): mean over seeds with 95 % hierarchical-bootstrap "
-                  "intervals. Time to goal: successful episodes only.", seed_points=False)
+    written = [out / "study.json", out / "report.md"]
+    if summary["settings"]["axes"]:
+        written += [out / "robustness.png", out / "graded.png"]
+        _level_curves(summary, ["success_rate"], out / "robustness.png",
+                      "Success by level (all seeds): mean over seeds with its 95 % hierarchical-bootstrap "
+                      "interval; dashes: each seed's own success.", seed_points=True)
+        _level_curves(summary, ["final_distance_m", "crash_rate", "time_to_goal_s"], out / "graded.png",
+                      "Graded metrics by level (all seeds): mean over seeds with 95 % hierarchical-bootstrap "
+                      "intervals. Time to goal: successful episodes only.", seed_points=False)
     if summary["curves"]:
         plot_learning_curves(summary, out / "learning_curves.png")
         written.append(out / "learning_curves.png")

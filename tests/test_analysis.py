@@ -88,18 +88,31 @@ def analyse(rows, **kwargs):
                          nominal_levels=NOMINAL_LEVELS, **kwargs)
 
 
-@pytest.mark.parametrize("difference, low, high, ending", [
-    (-0.05, -0.12, 0.02, "no evidence of a difference"),
-    (0.10, 0.03, 0.18, "ncp-cfc is better"),
-    (-0.10, -0.18, -0.03, "lstm is better"),
-    (math.nan, math.nan, math.nan, "not enough data for a verdict"),
+@pytest.mark.parametrize("difference, low, high, seeds, ending", [
+    (-0.05, -0.12, 0.02, 5, "no evidence of a difference"),
+    (0.10, 0.03, 0.18, 5, "ncp-cfc is better"),
+    (-0.10, -0.18, -0.03, 5, "lstm is better"),
+    (-0.10, -0.18, -0.03, 1, "no verdict: one training seed shows no seed-to-seed variation"),
+    (math.nan, math.nan, math.nan, 5, "not enough data for a verdict"),
 ])
-def test_verdict_names_the_better_variant_only_when_the_interval_excludes_zero(difference, low, high, ending):
-    sentence = verdict("ncp-cfc", "lstm", "mean OOD success", difference, low, high)
+def test_verdict_names_the_better_variant_only_when_the_interval_excludes_zero(difference, low, high, seeds, ending):
+    sentence = verdict("ncp-cfc", "lstm", "mean OOD success", difference, low, high, seeds)
     assert sentence.endswith(" — " + ending)
     if not math.isnan(difference):
         assert sentence.startswith(f"ncp-cfc vs lstm, mean OOD success: {100 * difference:+.0f} % "
                                    f"[{100 * low:+.0f}, {100 * high:+.0f}]")
+
+
+def test_episodes_hard_for_every_run_widen_each_variant_but_cancel_in_their_paired_difference():
+    rows = episode_rows({"lstm": [1.0, 1.0, 1.0], "ncp-cfc": [1.0, 1.0, 1.0]}, episodes=10)
+    hard = {"100", "101", "102", "103"}  # the same four episode seeds fail for every run at every level
+    rows = [{**r, "success": str(r["episode_seed"] not in hard)} for r in rows if r["axis"] == "nominal"]
+    summary = analyse(rows)
+    lstm = summary["variants"]["lstm"]["all"]["in_distribution"]["success_rate"]
+    assert lstm["value"] == pytest.approx(0.6)
+    assert lstm["high"] - lstm["low"] > 0.3  # ten episodes: the episode draw is most of the uncertainty
+    difference = next(d for d in summary["differences"]["all"] if d["quantity"] == "in-distribution success")
+    assert (difference["value"], difference["low"], difference["high"]) == (0.0, 0.0, 0.0)
 
 
 def test_seeds_that_never_learn_count_in_the_learned_fraction_and_only_in_the_all_seeds_results():
