@@ -79,18 +79,16 @@ class Weights:
     seeds: dict[Hashable, np.ndarray]
 
 
-def draw_weights(rng: np.random.Generator, episodes: int, seeds: Mapping[Hashable, int], resamples: int,
-                 resample_seeds: bool = True) -> Weights:
-    """Draw ``resamples`` two-stage resamples as multiplicities (counts of each seed/episode).
+def draw_weights(rng: np.random.Generator, episodes: int, seeds: Mapping[Hashable, int], resamples: int) -> Weights:
+    """Draw ``resamples`` two-stage resamples as multiplicities (how often each seed/episode is drawn).
 
     :param episodes: E, the number of paired episode seeds
     :param seeds: per group of runs (a variant, or its seeds that learned), its number of seeds
-    :param resample_seeds: False keeps every seed once (an episode-only bootstrap)
     """
-    episode_counts = rng.multinomial(episodes, np.full(episodes, 1.0 / episodes), size=resamples)
-    seed_counts = {name: rng.multinomial(n, np.full(n, 1.0 / n), size=resamples) if resample_seeds
-                   else np.ones((resamples, n), dtype=np.int64) for name, n in seeds.items()}
-    return Weights(episode_counts.astype(float), {k: v.astype(float) for k, v in seed_counts.items()})
+    def counts(n: int) -> np.ndarray:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+
+    return Weights(counts(episodes), {name: counts(n) for name, n in seeds.items()})
 
 
 def _weighted_mean(weights: np.ndarray, values: np.ndarray, subscripts: str) -> np.ndarray:
@@ -231,7 +229,7 @@ def _subset_summary(data: VariantData, weights: np.ndarray, seed_weights: np.nda
     ones_e, ones_s = np.ones((1, weights.shape[1])), np.ones((1, len(data.seeds)))
     points = {m: two_stage_mean(v, ones_e, ones_s)[0] for m, v in data.values.items()}
     samples = {m: two_stage_mean(v, weights, seed_weights) for m, v in data.values.items()}
-    runs = {m: two_stage_mean(v, ones_e, np.eye(len(data.seeds))) for m, v in data.values.items()}
+    seed_success = two_stage_mean(data.values["success_rate"], ones_e, np.eye(len(data.seeds)))  # [S, C]
     axes = sorted({axis for axis, _ in data.cells[1:]})
     groups = [data.axis_columns(axis) for axis in axes]
     success, success_samples = points["success_rate"], samples["success_rate"]
@@ -241,6 +239,7 @@ def _subset_summary(data: VariantData, weights: np.ndarray, seed_weights: np.nda
         "in_distribution": {m: estimate(points[m][0], samples[m][:, 0]) for m in METRICS},
         "mean_ood_success": estimate(ood_point, ood_samples),
         "ood_drop": estimate(ood_drop(success[0], ood_point), ood_drop(success_samples[:, 0], ood_samples)),
+        # the mean over axes of the mean over off-nominal levels, as for success
         "mean_ood_crash_rate": estimate(ood_success(points["crash_rate"], groups),
                                         ood_success(samples["crash_rate"], groups)),
         "axes": {},
@@ -252,7 +251,7 @@ def _subset_summary(data: VariantData, weights: np.ndarray, seed_weights: np.nda
             level = data.cells[column][1]
             levels.append({"level": nominal if column == 0 else level, "nominal": column == 0,
                            **{m: estimate(points[m][column], samples[m][:, column]) for m in METRICS},
-                           "seed_success": [float(v) for v in runs["success_rate"][:, column]]})
+                           "seed_success": [float(v) for v in seed_success[:, column]]})
         levels.sort(key=lambda entry: -math.inf if entry["level"] is None else entry["level"])
         summary["axes"][axis] = {
             "levels": levels,
@@ -358,8 +357,20 @@ def analyse_study(
     :param seed: random seed of the bootstrap
     :param nominal_levels: axis -> its nominal level, to place the nominal cell on the axis's
         curve (an axis without one shows it first, labelled "nominal")
-    :return: ``{"settings", "variants", "differences", "curves"}``; values are floats (NaN where
-        undefined; `write_study_report` writes them as null)
+    :return: a dict (floats NaN where undefined; `write_study_report` writes them as null):
+
+        - ``settings``: reference, learned_level, resamples, episodes, axes (axis -> label), ...
+        - ``variants[name]``: ``seeds``, ``learned_seeds``, ``learned_fraction``, ``errors``,
+          ``runs`` (per seed: in-distribution success, learned, steps/minutes to target, params),
+          ``reached_target``, ``steps_to_target`` / ``minutes_to_target`` (means over the runs
+          that reached it), ``params``, and ``all`` / ``learned`` (None without a learned seed):
+          ``in_distribution[metric]``, ``mean_ood_success``, ``ood_drop``, ``mean_ood_crash_rate``,
+          ``axes[axis]`` = ``{"levels": [{"level", "nominal", <metric>..., "seed_success"}],
+          "ood_success"}``; every estimate is ``{"value", "low", "high"}`` (95 %)
+        - ``differences["all" | "learned"]``: per variant and quantity (mean OOD success,
+          in-distribution success, each axis's OOD success): variant - reference as
+          ``value``/``low``/``high`` and its ``verdict`` sentence
+        - ``curves[name]``: ``timesteps``, ``seeds``, ``runs`` [S, T], ``mean``/``low``/``high`` [T]
     """
     if not 0.0 <= learned_level <= 1.0:
         raise StudyDataError(f"learned_level must be a success rate in [0, 1], got {learned_level}")
@@ -369,6 +380,11 @@ def analyse_study(
     if reference not in data:
         raise StudyDataError(f"reference variant {reference!r} is not in the rows; variants: {sorted(data)}")
     nominal_levels = dict(nominal_levels or {})
+    for name, d in data.items():
+        for axis, level in d.cells[1:]:
+            if level == nominal_levels.get(axis):
+                raise StudyDataError(f"{name} has {axis} rows at its nominal level {level:g}; in-distribution "
+                                     f"episodes belong in the {NOMINAL!r} rows, shared by every axis")
     facts = read_runs(run_rows)
     ones = np.ones((1, len(episode_seeds)))
     learned = {}

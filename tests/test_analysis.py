@@ -82,10 +82,9 @@ def episode_rows(probabilities: dict[str, list[float]], episodes: int = 12, seed
     return rows
 
 
-def analyse(rows, **kwargs):
-    return analyse_study(rows, [], [], reference=kwargs.pop("reference", "lstm"), learned_level=0.9,
-                         axis_labels=AXIS_LABELS, resamples=kwargs.pop("resamples", 300),
-                         nominal_levels=NOMINAL_LEVELS, **kwargs)
+def analyse(rows, reference="lstm", nominal_levels=NOMINAL_LEVELS):
+    return analyse_study(rows, [], [], reference=reference, learned_level=0.9, axis_labels=AXIS_LABELS,
+                         resamples=300, nominal_levels=nominal_levels)
 
 
 @pytest.mark.parametrize("difference, low, high, seeds, ending", [
@@ -178,3 +177,9 @@ def test_study_report_writes_every_file_from_a_small_synthetic_study(tmp_path):
     for text in ("## Overview: all seeds", "## Overview: seeds that learned", "### wind: wind speed (m/s)",
                  "ncp-cfc vs lstm, mean OOD success:", "0 (nominal)"):
         assert text in report
+
+
+def test_axis_rows_at_the_nominal_level_are_refused_since_the_nominal_rows_serve_every_axis():
+    rows = episode_rows({"lstm": [0.9]}, episodes=3)
+    with pytest.raises(StudyDataError, match="wind rows at its nominal level 1"):
+        analyse(rows, nominal_levels={"wind": 1.0})
