@@ -6,11 +6,14 @@ writes ``report.md``, ``study.json`` and the PNGs from it. Neither trains nor fl
 
 Inputs (rows as read from CSV: every value may be a string):
 
-| rows            | one per            | columns                                                              |
-|-----------------|--------------------|----------------------------------------------------------------------|
-| episode rows    | run, level, episode | ``variant``, ``seed`` (training seed), ``axis`` (``"nominal"`` for the shared in-distribution level), ``level`` (float; ``""`` for nominal), ``episode_seed``, and the `agents.metrics.EpisodeResult` columns (``success``, ``crashed``, ``time_s``, ``final_distance_m``, ``error``, ...) |
-| run rows        | run                | ``variant``, ``seed``, ``steps_to_target`` (``""`` if never reached), ``minutes_to_target``, ``params`` (actor parameter count) |
-| curve rows      | run, evaluation    | ``variant``, ``seed``, ``timesteps``, ``success_rate`` (0-1), ``wall_time_s`` |
+- episode rows, one per run, level and episode: ``variant``, ``seed`` (training seed), ``axis``
+  (``"nominal"`` for the shared in-distribution level), ``level`` (float; ``""`` for nominal),
+  ``episode_seed``, and the `agents.metrics.EpisodeResult` columns (``success``, ``crashed``,
+  ``time_s``, ``final_distance_m``, ``error``, ...; its ``seed`` field is not read);
+- run rows, one per run: ``variant``, ``seed``, ``steps_to_target`` (``""`` if never reached),
+  ``minutes_to_target``, ``params`` (actor parameter count);
+- curve rows, one per run and periodic evaluation: ``variant``, ``seed``, ``timesteps``,
+  ``success_rate`` (0-1), ``wall_time_s``.
 
 Per-axis rows hold the off-nominal levels only; the nominal rows serve every axis (as in
 ``liquid-drones stress``). Every run flies the same episode seeds at every level (paired).
@@ -33,9 +36,11 @@ variation they share cancels in every resample as it does in the data, while the
 has alone (and all the seed-to-seed variation) is kept. Drawing the episodes independently per
 run instead would count the shared part as noise in every difference (too wide) and average it
 away over seeds in a single variant's mean (too narrow). The 95 % intervals are the percentiles
-of `agents.metrics.interval`. With few seeds the seed stage dominates: five seeds give intervals
-as wide as the seeds disagree, which is the point (an episode-only bootstrap does not see it;
-tests/test_analysis.py measures both).
+of `agents.metrics.interval`. The episode noise within a run is seen by both stages (it moves a
+run's mean, which the seed stage resamples, and the episode stage draws it again), so the
+intervals lean slightly wide: in the simulation of tests/test_analysis.py (5 seeds x 30 episodes
+per variant, seed standard deviation ~0.15) they cover a known difference in ~96 % of studies,
+where an episode-only bootstrap, blind to seed-to-seed variation, covers it in ~69 %.
 
 A seed *learned* when its in-distribution success is at least ``learned_level``. Every result is
 given over all seeds (``"all"``) and over the seeds that learned (``"learned"``; None for a
@@ -622,7 +627,6 @@ def _level_curves(summary: Mapping[str, Any], metrics: Sequence[str], path: Path
                   seed_points: bool) -> None:
     """One panel per metric and axis: per variant, the mean at each level with its 95 % interval
     (dodged so that variants do not hide each other), and optionally each seed's own success."""
-    plt = _pyplot()
     axes = list(summary["settings"]["axes"])
     names = list(summary["variants"])
     colours = _colours(names)
