@@ -117,11 +117,28 @@ def two_stage_mean(values: np.ndarray, episode_weights: np.ndarray, seed_weights
     return _weighted_mean(seed_weights, run_means, "rs,rsc->rc")
 
 
-def estimate(point: float, samples: np.ndarray) -> dict[str, float]:
-    """``{"value", "low", "high"}``: a point estimate and its 95 % bootstrap interval."""
+def estimate(point: float, samples: np.ndarray, at_least: tuple[float, float] | None = None) -> dict[str, float]:
+    """``{"value", "low", "high"}``: a point estimate and its 95 % bootstrap interval, widened to
+    contain ``at_least`` when given."""
     point = float(point)
     low, high = interval(samples, point)
+    if at_least is not None:
+        low, high = min(low, at_least[0]), max(high, at_least[1])
     return {"value": point, "low": low, "high": high}
+
+
+def pooled_wilson(outcomes: np.ndarray) -> np.ndarray:
+    """Per level, the Wilson 95 % interval of all its episodes pooled, ``[C, 2]``.
+
+    :param outcomes: ``[S, C, E]`` 1/0 outcomes of S runs x C levels x E episodes
+
+    A rate's interval is never narrower than this: pooling ignores the seed-to-seed variation, so
+    it is the least a hierarchical interval must admit, and where every episode of every seed
+    succeeded (or failed) it keeps the interval from shrinking to a point (a percentile bootstrap
+    of constant data has zero width).
+    """
+    n = outcomes.shape[0] * outcomes.shape[2]
+    return np.array([wilson_interval(int(k), n) for k in outcomes.sum(axis=(0, 2))])
 
 
 # --- reading rows -----------------------------------------------------------------------------
@@ -235,13 +252,19 @@ def _subset_summary(data: VariantData, weights: np.ndarray, seed_weights: np.nda
     points = {m: two_stage_mean(v, ones_e, ones_s)[0] for m, v in data.values.items()}
     samples = {m: two_stage_mean(v, weights, seed_weights) for m, v in data.values.items()}
     seed_success = two_stage_mean(data.values["success_rate"], ones_e, np.eye(len(data.seeds)))  # [S, C]
+    wilson = {m: pooled_wilson(data.values[m]) for m in METRICS if m.endswith("rate")}
+
+    def level_estimate(metric: str, column: int) -> dict[str, float]:
+        at_least = wilson[metric][column] if metric in wilson else None
+        return estimate(points[metric][column], samples[metric][:, column], at_least)
+
     axes = sorted({axis for axis, _ in data.cells[1:]})
     groups = [data.axis_columns(axis) for axis in axes]
     success, success_samples = points["success_rate"], samples["success_rate"]
     ood_point, ood_samples = ood_success(success, groups), ood_success(success_samples, groups)
     summary: dict[str, Any] = {
         "seeds": list(data.seeds),
-        "in_distribution": {m: estimate(points[m][0], samples[m][:, 0]) for m in METRICS},
+        "in_distribution": {m: level_estimate(m, 0) for m in METRICS},
         "mean_ood_success": estimate(ood_point, ood_samples),
         "ood_drop": estimate(ood_drop(success[0], ood_point), ood_drop(success_samples[:, 0], ood_samples)),
         # the mean over axes of the mean over off-nominal levels, as for success
@@ -255,7 +278,7 @@ def _subset_summary(data: VariantData, weights: np.ndarray, seed_weights: np.nda
         for column in [0, *columns]:
             level = data.cells[column][1]
             levels.append({"level": nominal if column == 0 else level, "nominal": column == 0,
-                           **{m: estimate(points[m][column], samples[m][:, column]) for m in METRICS},
+                           **{m: level_estimate(m, column) for m in METRICS},
                            "seed_success": [float(v) for v in seed_success[:, column]]})
         levels.sort(key=lambda entry: -math.inf if entry["level"] is None else entry["level"])
         summary["axes"][axis] = {
@@ -498,11 +521,11 @@ def _overview(summary: Mapping[str, Any], subset: str) -> list[str]:
         facts = [f"{entry['reached_target']}/{len(entry['seeds'])}", _number(entry["steps_to_target"]),
                  _number(entry["minutes_to_target"], ".1f"), _number(entry["params"])]
         if part is None:
-            rows.append([name, f"{len(entry['seeds'])} (0 learned)", _percent(**learned), *["—"] * 6, *facts])
+            rows.append([name, "0", _percent(learned["value"], learned["low"], learned["high"]), *["—"] * 6, *facts])
             continue
         nominal = part["in_distribution"]
         rows.append([
-            name, str(len(part["seeds"])), _percent(learned["value"], learned["low"], learned["high"]),
+            name, len(part["seeds"]), _percent(learned["value"], learned["low"], learned["high"]),
             _with_interval(nominal["success_rate"], "success_rate"),
             _with_interval(part["mean_ood_success"], "success_rate"),
             _percent(**part["ood_drop"], signed=True),
@@ -551,17 +574,14 @@ def study_markdown(summary: Mapping[str, Any]) -> str:
         lines += ["![robustness](robustness.png)", "", "![graded metrics](graded.png)", ""]
     if summary["curves"]:
         lines += ["![learning curves](learning_curves.png)", ""]
-    if any(summary["differences"].values()):
+    if summary["differences"]["all"]:
         lines += ["![differences](differences.png)", ""]
     for subset, title in (("all", "all seeds"), ("learned", "seeds that learned")):
         lines += [f"## Overview: {title}", ""] + _overview(summary, subset) + [""]
         differences = summary["differences"][subset]
         if differences:
-            lines += [f"### Differences to {settings['reference']} ({title}, paired)", ""]
-            lines += _table(["variant", "quantity", "difference [95 %]"],
-                            [[d["variant"], d["quantity"], _percent(d["value"], d["low"], d["high"], signed=True)]
-                             for d in differences])
-            lines += ["", *(f"- {d['verdict']}" for d in differences), ""]
+            lines += [f"### Differences to {settings['reference']} ({title}, paired; success in "
+                      "percentage points, 95 % interval)", "", *(f"- {d['verdict']}" for d in differences), ""]
         for axis, label in settings["axes"].items():
             lines += [f"### {axis}: {label} ({title})", ""] + _axis_table(summary, axis, subset) + [""]
     errors = {name: e["errors"] for name, e in summary["variants"].items() if e["errors"]}

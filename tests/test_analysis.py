@@ -17,7 +17,7 @@ from agents.analysis import (
     verdict,
     write_study_report,
 )
-from agents.metrics import EpisodeResult, interval
+from agents.metrics import EpisodeResult, interval, wilson_interval
 
 AXIS_LABELS = {"wind": "wind speed (m/s)", "mass": "mass factor (x)"}
 NOMINAL_LEVELS = {"wind": 0.0, "mass": 1.0}
@@ -183,3 +183,10 @@ def test_axis_rows_at_the_nominal_level_are_refused_since_the_nominal_rows_serve
     rows = episode_rows({"lstm": [0.9]}, episodes=3)
     with pytest.raises(StudyDataError, match="wind rows at its nominal level 1"):
         analyse(rows, nominal_levels={"wind": 1.0})
+
+
+def test_a_rate_that_is_zero_in_every_episode_keeps_the_pooled_wilson_interval_not_a_point():
+    summary = analyse(episode_rows({"lstm": [1.0, 1.0, 1.0]}, episodes=10))
+    crash = summary["variants"]["lstm"]["all"]["in_distribution"]["crash_rate"]
+    assert crash["value"] == 0.0 and crash["low"] == 0.0
+    assert crash["high"] == pytest.approx(wilson_interval(0, 30)[1])  # 3 seeds x 10 episodes pooled
