@@ -36,7 +36,8 @@ variation they share cancels in every resample as it does in the data, while the
 has alone (and all the seed-to-seed variation) is kept. Drawing the episodes independently per
 run instead would count the shared part as noise in every difference (too wide) and average it
 away over seeds in a single variant's mean (too narrow). The 95 % intervals are the percentiles
-of `agents.metrics.interval`. The episode noise within a run is seen by both stages (it moves a
+of `agents.metrics.interval`; a rate's interval at one level is at least the Wilson interval of
+its episodes pooled (`pooled_wilson`), so a level where no episode crashed does not read [0, 0]. The episode noise within a run is seen by both stages (it moves a
 run's mean, which the seed stage resamples, and the episode stage draws it again), so the
 intervals lean slightly wide: in the simulation of tests/test_analysis.py (5 seeds x 30 episodes
 per variant, seed standard deviation ~0.15) they cover a known difference in ~96 % of studies,
