@@ -50,7 +50,6 @@ variant without one); the learned fraction has a Wilson 95 % interval over seeds
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
@@ -60,7 +59,9 @@ from typing import Any
 
 import numpy as np
 
+from agents.io import write_json, write_text
 from agents.metrics import EpisodeResult, interval, ood_drop, ood_success, wilson_interval
+from agents.report import markdown_table, percent, pyplot, save_figure
 
 NOMINAL = "nominal"  # the axis name of the shared in-distribution level
 METRICS = ("success_rate", "crash_rate", "final_distance_m", "time_to_goal_s")
@@ -297,7 +298,7 @@ def verdict(variant: str, reference: str, quantity: str, difference: float, low:
             seeds: int = 2) -> str:
     """One plain sentence about a difference in success (variant - reference) and its 95 % interval;
     ``seeds``: the fewest training seeds on either side (one cannot show seed-to-seed variation)."""
-    head = f"{variant} vs {reference}, {quantity}: {_percent(difference, low, high, signed=True)}"
+    head = f"{variant} vs {reference}, {quantity}: {percent(difference, low, high, signed=True)}"
     if any(math.isnan(v) for v in (difference, low, high)):
         return f"{head} — not enough data for a verdict"
     if seeds < 2:
@@ -457,34 +458,6 @@ def analyse_study(
 
 
 # --- the report -------------------------------------------------------------------------------
-def strict_json(value: Any) -> Any:
-    """``value`` with NumPy scalars and arrays as Python values and NaN/inf as None (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def _points(fraction: float, sign: str) -> str:
-    """A fraction in percent, whole numbers except that a non-zero value never shows as 0."""
-    value = 100 * fraction
-    return f"{value:{sign}.1f}" if 0 < abs(value) < 0.5 else f"{value:{sign}.0f}"
-
-
-def _percent(value: float, low: float, high: float, signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    if math.isnan(value):
-        return "n/a"
-    return f"{_points(value, sign)} % [{_points(low, sign)}, {_points(high, sign)}]"
-
-
 def _number(value: float | list[float], form: str = ",.0f") -> str:
     if isinstance(value, list):
         return ", ".join(_number(v, form) for v in value)
@@ -496,16 +469,11 @@ UNIT_FORMAT = {"final_distance_m": ".3f", "time_to_goal_s": ".2f"}
 
 def _with_interval(entry: Mapping[str, float], metric: str) -> str:
     if metric.endswith("rate"):
-        return _percent(entry["value"], entry["low"], entry["high"])
+        return percent(entry["value"], entry["low"], entry["high"])
     if math.isnan(entry["value"]):
         return "n/a"
     form = UNIT_FORMAT[metric]
     return f"{entry['value']:{form}} [{entry['low']:{form}}, {entry['high']:{form}}]"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def _level_text(entry: Mapping[str, Any]) -> str:
@@ -522,14 +490,14 @@ def _overview(summary: Mapping[str, Any], subset: str) -> list[str]:
         facts = [f"{entry['reached_target']}/{len(entry['seeds'])}", _number(entry["steps_to_target"]),
                  _number(entry["minutes_to_target"], ".1f"), _number(entry["params"])]
         if part is None:
-            rows.append([name, "0", _percent(learned["value"], learned["low"], learned["high"]), *["—"] * 6, *facts])
+            rows.append([name, "0", percent(learned["value"], learned["low"], learned["high"]), *["—"] * 6, *facts])
             continue
         nominal = part["in_distribution"]
         rows.append([
-            name, len(part["seeds"]), _percent(learned["value"], learned["low"], learned["high"]),
+            name, len(part["seeds"]), percent(learned["value"], learned["low"], learned["high"]),
             _with_interval(nominal["success_rate"], "success_rate"),
             _with_interval(part["mean_ood_success"], "success_rate"),
-            _percent(**part["ood_drop"], signed=True),
+            percent(**part["ood_drop"], signed=True),
             _with_interval(nominal["crash_rate"], "crash_rate"),
             _with_interval(part["mean_ood_crash_rate"], "crash_rate"),
             _with_interval(nominal["final_distance_m"], "final_distance_m"),
@@ -537,10 +505,10 @@ def _overview(summary: Mapping[str, Any], subset: str) -> list[str]:
     header = ["variant", "seeds", "learned", "in-dist. success", "mean OOD success", "OOD drop",
               "in-dist. crash", "mean OOD crash", "in-dist. final distance (m)", "reached target",
               "steps to target", "minutes to target", "params"]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
-def _axis_table(summary: Mapping[str, Any], axis: str, subset: str) -> list[str]:
+def _axismarkdown_table(summary: Mapping[str, Any], axis: str, subset: str) -> list[str]:
     """Rows level by level (variants side by side at each), then each variant's mean OOD success."""
     parts = {name: entry[subset]["axes"][axis] for name, entry in summary["variants"].items()
              if entry[subset] is not None and axis in entry[subset]["axes"]}
@@ -549,7 +517,7 @@ def _axis_table(summary: Mapping[str, Any], axis: str, subset: str) -> list[str]
             for value in order for name, part in parts.items() for level in part["levels"] if level["level"] == value]
     rows += [["mean OOD", name, _with_interval(part["ood_success"], "success_rate"), "", "", ""]
              for name, part in parts.items()]
-    return _table(["level", "variant", *(METRIC_TEXT[m] for m in METRICS)], rows)
+    return markdown_table(["level", "variant", *(METRIC_TEXT[m] for m in METRICS)], rows)
 
 
 def study_markdown(summary: Mapping[str, Any]) -> str:
@@ -584,31 +552,15 @@ def study_markdown(summary: Mapping[str, Any]) -> str:
             lines += [f"### Differences to {settings['reference']} ({title}, paired; success in "
                       "percentage points, 95 % interval)", "", *(f"- {d['verdict']}" for d in differences), ""]
         for axis, label in settings["axes"].items():
-            lines += [f"### {axis}: {label} ({title})", ""] + _axis_table(summary, axis, subset) + [""]
+            lines += [f"### {axis}: {label} ({title})", ""] + _axismarkdown_table(summary, axis, subset) + [""]
     errors = {name: e["errors"] for name, e in summary["variants"].items() if e["errors"]}
     if errors:
         lines += [f"Episodes that raised (counted as failures): {errors}.", ""]
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    from agents.checkpoint import atomic_write
-
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    _pyplot().close(fig)
-
-
 def _colours(names: Sequence[str]) -> dict[str, str]:
-    cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
 
 
@@ -617,7 +569,7 @@ def _grid(panels: int, width: float, height: float, rows: int = 1) -> tuple[Any,
     rows, the panels of a row share their y axis: one metric per row)."""
     ncols = min(4, panels) if rows == 1 else panels
     nrows = math.ceil(panels / ncols) if rows == 1 else rows
-    fig, axes = _pyplot().subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 1.0), squeeze=False,
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 1.0), squeeze=False,
                                    sharey="row" if rows > 1 else False)
     return fig, axes
 
@@ -689,7 +641,7 @@ def _level_curves(summary: Mapping[str, Any], metrics: Sequence[str], path: Path
         if metric in ("crash_rate", "final_distance_m"):
             (panels[i, 0] if rows > 1 else panels.flat[0]).set_ylim(0, None)
     _finish(fig, panels, len(axes) * rows if rows > 1 else len(axes), caption)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_learning_curves(summary: Mapping[str, Any], path: Path) -> None:
@@ -717,12 +669,12 @@ def plot_learning_curves(summary: Mapping[str, Any], path: Path) -> None:
         panel.set_ylabel("evaluation success (%)")
     _finish(fig, panels, len(names), "Thick: mean over seeds; thin: each seed; band: lowest to highest seed. "
             "A run that stopped at its target keeps its last evaluation.", legend=False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_differences(summary: Mapping[str, Any], path: Path) -> None:
     """Forest plot: every difference to the reference (all seeds) with its 95 % interval."""
-    plt = _pyplot()
+    plt = pyplot()
     differences = summary["differences"]["all"]
     colours = _colours(list(summary["variants"]))
     fig, panel = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(differences)))
@@ -740,20 +692,16 @@ def plot_differences(summary: Mapping[str, Any], path: Path) -> None:
     panel.grid(axis="x", alpha=0.3)
     panel.set_title("Paired differences, all seeds (95 % hierarchical-bootstrap intervals)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_study_report(summary: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``study.json`` (strict JSON, NaN as null), ``report.md``, ``robustness.png``,
     ``graded.png`` and, when there is something to show, ``learning_curves.png`` and
     ``differences.png`` into ``out_dir``, each atomically; return their paths."""
-    from agents.checkpoint import atomic_write
-
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
-    atomic_write(out / "study.json", lambda p: p.write_text(text + "\n"))
-    atomic_write(out / "report.md", lambda p: p.write_text(study_markdown(summary)))
+    write_json(out / "study.json", summary)
+    write_text(out / "report.md", study_markdown(summary))
     written = [out / "study.json", out / "report.md"]
     if summary["settings"]["axes"]:
         written += [out / "robustness.png", out / "graded.png"]

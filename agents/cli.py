@@ -173,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--stress", metavar="STRESS_DIR", help="reuse this finished stress test")
     _add_sweep_options(compare)
     compare.set_defaults(func=_verb("compare"))
+
+    from agents.parallel import BACKENDS
+
+    study = verbs.add_parser(
+        "study",
+        help="variants x training seeds: train all, one paired stress test, hierarchical intervals, report",
+        description="Run a study spec (a name from agents/configs/studies, e.g. hover-cores, or a YAML file): "
+        "train every variant x seed (resuming finished and interrupted runs), fly one paired stress test of all "
+        "runs, and write runs.csv, curves.csv, study.json, report.md and PNGs into --out. " + TRUST,
+    )
+    study.add_argument("spec", metavar="SPEC", help="study spec name or YAML file")
+    study.add_argument("--out", help="study folder (default: <root>/study-<spec>); rerun to resume")
+    study.add_argument("--root", default="runs", help="output root folder")
+    study.add_argument("--workers", type=at_least(1), default=2,
+                       help="training runs (and stress jobs) at a time, one torch thread each (default 2)")
+    study.add_argument("--backend", choices=BACKENDS, default="local",
+                       help="local process pool (default), Ray (training runs and stress jobs as Ray tasks), "
+                       "or serial in this process")
+    study.add_argument("--address", help="Ray cluster address (with --backend ray; default: a local Ray)")
+    study.set_defaults(func=_verb("study"))
     return parser
 
 

@@ -52,15 +52,16 @@ def write_text(path: Path, text: str) -> None:
 
 
 def strict(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+    """``value`` as plain JSON values: NumPy scalars and arrays as Python ones, every non-finite
+    float as None (JSON has no NaN or Infinity), mapping keys as strings."""
     if isinstance(value, dict):
-        return {key: strict(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
+        return {str(key): strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
         return [strict(item) for item in value]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
-        return strict(value.item())  # numpy scalars
+        value = value.item()  # NumPy scalars
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return value
 
 

@@ -69,12 +69,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list
     return lines
 
 
+def _points(fraction: float, sign: str) -> str:
+    """A fraction in percent, whole numbers except that a non-zero value never shows as 0."""
+    value = 100 * fraction
+    return f"{value:{sign}.1f}" if 0 < abs(value) < 0.5 else f"{value:{sign}.0f}"
+
+
 def percent(value: float, low: float, high: float, signed: bool = False) -> str:
     """``"83 % [71, 91]"`` (``signed``: ``"+5 % [-2, +12]"``); ``"n/a"`` for NaN."""
     if value is None or math.isnan(value):
         return "n/a"
     sign = "+" if signed else ""
-    return f"{100 * value:{sign}.0f} % [{100 * low:{sign}.0f}, {100 * high:{sign}.0f}]"
+    return f"{_points(value, sign)} % [{_points(low, sign)}, {_points(high, sign)}]"
 
 
 def pyplot() -> Any:

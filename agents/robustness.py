@@ -125,6 +125,9 @@ def analyse(sweep: Sweep, rows: list[dict[str, str]], out_dir: Path,
                 "success": [row["success_rate"] for row in axis_rows],
                 "success_low": [row["success_low"] for row in axis_rows],
                 "success_high": [row["success_high"] for row in axis_rows],
+                "crash_rate": [row["crash_rate"] for row in axis_rows],
+                "final_distance_m": [row["final_distance_m"] for row in axis_rows],
+                "time_to_goal_s": [row["time_to_goal_s"] for row in axis_rows],
                 "nominal": nominal_level(axis, spec),
                 "mean_success": float(np.mean([row["success_rate"] for row in axis_rows])),
                 "ood_success": float(ood_success(rates, [group])) if group else math.nan,
@@ -195,7 +198,9 @@ def report(summary: dict[str, Any]) -> str:
         "success over the axis's off-nominal levels; OOD drop = in-distribution success - mean OOD "
         "success; their intervals (and those of differences) are 95 % intervals of a Bayesian "
         "bootstrap over seeds, paired across agents and levels, with Jeffreys marginals "
-        "(`agents.metrics.paired_bootstrap`). Episodes that raised count as failures.",
+        "(`agents.metrics.paired_bootstrap`). Episodes that raised count as failures. Each level's "
+        "cell also gives the graded metrics, so a near miss and a crash differ: crash rate, mean "
+        "final distance to the goal (m) and mean time to goal of the successful episodes (s).",
         "",
         "![robustness](robustness.png)",
         "",
@@ -227,6 +232,8 @@ def report(summary: dict[str, Any]) -> str:
                 if level in [float(v) for v in a["levels"]]:
                     i = [float(v) for v in a["levels"]].index(level)
                     text = percent(a["success"][i], a["success_low"][i], a["success_high"][i])
+                    text += (f"<br>crash {100 * a['crash_rate'][i]:.0f} %, {a['final_distance_m'][i]:.2f} m"
+                             + (f", {a['time_to_goal_s'][i]:.1f} s" if not math.isnan(a["time_to_goal_s"][i]) else ""))
                     cells.append(text + (" (nominal)" if level == a["nominal"] else ""))
                 else:
                     cells.append("")

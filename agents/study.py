@@ -117,16 +117,15 @@ def _train_stage(spec: StudySpec, out_dir: Path, backend: str, workers: int, add
     for attempt in range(1 + RETRIES):
         if not todo:
             break
-        errors: dict[TrainJob, str] = {}
+        errors: dict[str, str] = {}
         result.trained += [run_name(job.variant, job.seed) for job in todo]
         run_jobs(train_job, todo, on_result=lambda job, done: None,
-                 on_error=lambda job, error: errors.__setitem__(job, error),
+                 on_error=lambda job, error: errors.__setitem__(run_name(job.variant, job.seed), error),
                  backend=backend, workers=workers, address=address, desc="study: train", unit="run")
-        for job, error in errors.items():
-            log(f"run {run_name(job.variant, job.seed)} failed ({error})"
-                + ("; retrying once" if attempt < RETRIES else "; giving up"))
-        todo = [job for job in todo if job in errors]
-        result.failed = {run_name(job.variant, job.seed): errors[job] for job in todo}
+        for name, error in errors.items():
+            log(f"run {name} failed ({error})" + ("; retrying once" if attempt < RETRIES else "; giving up"))
+        todo = [job for job in todo if run_name(job.variant, job.seed) in errors]
+        result.failed = errors
 
 
 def _stress_stage(spec: StudySpec, out_dir: Path, names: dict[str, tuple[str, int]], backend: str, workers: int,

@@ -12,11 +12,11 @@ from agents.analysis import (
     StudyDataError,
     analyse_study,
     draw_weights,
-    strict_json,
     two_stage_mean,
     verdict,
     write_study_report,
 )
+from agents.io import strict as strict_json
 from agents.metrics import EpisodeResult, interval, wilson_interval
 
 AXIS_LABELS = {"wind": "wind speed (m/s)", "mass": "mass factor (x)"}

@@ -1,0 +1,111 @@
+"""`liquid-drones study`: spec validation, failed runs, resuming, stop at target, local == Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agents.cli import main as cli
+from agents.config import load_config
+from agents.run import read_eval_rows
+from agents.study import run_study
+from agents.study_spec import StudyError, available_studies, load_spec
+from agents.train import train
+
+TINY = ["env.n_envs=2", "env.vec_env=dummy", "env.kwargs={episode_seconds: 1.0}", "policy.net_arch=[8]",
+        "algo.n_steps=64", "algo.batch_size=64", "algo.n_epochs=1", "train.total_timesteps=256",
+        "eval.freq=128", "eval.n_episodes=2", "eval.final_episodes=0", "checkpoint.freq=128",
+        "policy.core_kwargs={hidden_size: 8}"]
+
+
+def write_spec(path: Path, **changes) -> Path:
+    spec = {"base": "hover", "set": TINY, "grid": {"policy.core": ["gru", "mlp"]}, "seeds": 2,
+            "stress": {"axes": ["wind", "mass"], "levels": {"wind": [0, 2], "mass": [1.0, 1.3]}, "episodes": 2},
+            "reference": "gru", "learned_level": 0.5}
+    spec.update(changes)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grdi": {}}, "unknown key 'grdi'"),
+    ({"reference": "lstm"}, "reference 'lstm' is not a variant; variants: gru, mlp"),
+    ({"grid": {"policy.core": ["gru", "transformer"]}}, "variant transformer"),
+    ({"stress": {"axes": ["gale"]}}, "unknown axis 'gale'"),
+    ({"stress": {"episodes": 0}}, "stress.episodes must be an integer >= 1"),
+    ({"grid": {"env.kwargs.disturbances": [{}, {"mass": [0.8, 1.2]}]}}, "needs a name"),
+    ({"training": {"stop_at_succes": 0.9}}, "train.stop_at_succes"),
+])
+def test_a_bad_spec_stops_naming_the_key_before_any_work(tmp_path, change, message):
+    with pytest.raises(StudyError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_spec(str(write_spec(tmp_path / "s.yaml", **change)))
+
+
+def test_shipped_specs_name_their_variants_and_the_reference():
+    assert {"hover-cores", "hover-dr"} <= set(available_studies())
+    dr = load_spec("hover-dr")
+    assert [v.name for v in dr.variants][:2] == ["ncp-cfc+nominal", "ncp-cfc+dr"] and dr.reference == "lstm+nominal"
+    cores = load_spec("hover-cores")
+    assert {v.name for v in cores.variants} >= {"ncp-cfc", "cfc", "ncp-ltc", "lstm", "mlp"} and len(cores.seeds) == 5
+
+
+def test_a_run_that_raises_is_retried_once_and_reported_while_the_rest_complete_then_resume_reuses(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", grid={"policy.core": ["mlp"], "algo.learning_rate":
+                                                               {"ok": 3e-4, "blowup": 1e12}},
+                                    seeds=[0], reference="mlp+ok")))
+    first = run_study(spec, tmp_path / "study", workers=1, backend="serial", resamples=200, log=lambda _: None)
+    assert first.trained == ["mlp+ok/seed-0", "mlp+blowup/seed-0", "mlp+blowup/seed-0"]  # one retry
+    assert list(first.failed) == ["mlp+blowup/seed-0"] and "ValueError" in first.failed["mlp+blowup/seed-0"]
+    with (tmp_path / "study" / "runs.csv").open() as handle:
+        assert {r["variant"]: r["status"] for r in csv.DictReader(handle)} == {"mlp+ok": "finished",
+                                                                              "mlp+blowup": "failed"}
+    assert "mlp+blowup/seed-0" in (tmp_path / "study" / "report.md").read_text() or \
+        json.loads((tmp_path / "study" / "study.json").read_text())["settings"]["failed_runs"]
+    again = run_study(spec, tmp_path / "study", workers=1, backend="serial", resamples=200, log=lambda _: None)
+    assert again.reused == ["mlp+ok/seed-0"]
+    assert again.trained == ["mlp+blowup/seed-0", "mlp+blowup/seed-0"]
+
+
+def test_a_tiny_study_gives_equal_results_on_the_local_pool_and_on_ray(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml")))
+    summaries = {}
+    for backend in ("local", "ray"):
+        result = run_study(spec, tmp_path / backend, workers=2, backend=backend, resamples=200, log=lambda _: None)
+        assert sorted(result.trained) == ["gru/seed-0", "gru/seed-1", "mlp/seed-0", "mlp/seed-1"]
+        for name in ("study.json", "report.md", "robustness.png", "graded.png", "learning_curves.png", "runs.csv"):
+            assert (tmp_path / backend / name).is_file(), name
+        summaries[backend] = json.loads((tmp_path / backend / "study.json").read_text())
+    for backend in summaries:  # wall times differ; every result must not
+        for variant in summaries[backend]["variants"].values():
+            variant.pop("minutes_to_target", None)
+            for run in variant.get("runs", {}).values() if isinstance(variant.get("runs"), dict) else variant.get("runs", []):
+                run.pop("minutes_to_target", None)
+        summaries[backend].pop("curves", None)
+        summaries[backend]["settings"].pop("study", None)
+    assert summaries["local"]["variants"] == summaries["ray"]["variants"]
+    assert summaries["local"]["differences"] == summaries["ray"]["differences"]
+    rows = {b: sorted(csv.DictReader((tmp_path / b / "stress" / "episodes.csv").open()), key=lambda r: tuple(r.values()))
+            for b in summaries}
+    assert rows["local"] == rows["ray"]
+
+
+def test_stop_at_target_stops_at_the_first_evaluation_at_the_level_with_a_complete_run_folder(tmp_path):
+    config = load_config("hover-mlp", [*TINY[:-1], "train.total_timesteps=2048", "train.stop_at_success=0.0"])
+    result = train(config, tmp_path / "run", log=lambda _: None)
+    rows = read_eval_rows(tmp_path / "run" / "eval.csv")
+    assert [int(r["timesteps"]) for r in rows] == [128]
+    assert result.timesteps < 2048
+    final = json.loads((tmp_path / "run" / "final_eval.json").read_text())
+    assert final["target_reached_at"] == 128
+    for name in ("config.yaml", "model.zip", "normalization.json", "training_curve.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_the_study_cli_stops_on_a_bad_spec_before_creating_anything(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        cli(["study", str(write_spec(tmp_path / "s.yaml", reference="nope")), "--root", str(tmp_path / "runs")])
+    assert "reference 'nope'" in str(stop.value.code) and not (tmp_path / "runs").exists()
