@@ -29,6 +29,7 @@ def train_tiny_run(root: Path, core: str, **core_kwargs) -> Path:
     overrides = ["env.n_envs=2", "env.vec_env=dummy", f"env.kwargs={{episode_seconds: {SHORT}}}",
                  "algo.n_steps=64", "algo.batch_size=64", "algo.n_epochs=1", "train.total_timesteps=128",
                  "eval.freq=0", "eval.final_episodes=0", "checkpoint.freq=0", "train.progress_bar=false",
+                 "train.stop_at_success=null",
                  f"policy.core={core}"]
     if core_kwargs:
         overrides.append("policy.core_kwargs={" + ", ".join(f"{k}: {v}" for k, v in core_kwargs.items()) + "}")

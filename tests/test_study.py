@@ -16,7 +16,7 @@ from agents.study import run_study
 from agents.study_spec import StudyError, available_studies, load_spec
 from agents.train import train
 
-TINY = ["env.n_envs=2", "env.vec_env=dummy", "env.kwargs={episode_seconds: 1.0}", "policy.net_arch=[8]",
+TINY = ["train.stop_at_success=null", "env.n_envs=2", "env.vec_env=dummy", "env.kwargs={episode_seconds: 1.0}", "policy.net_arch=[8]",
         "algo.n_steps=64", "algo.batch_size=64", "algo.n_epochs=1", "train.total_timesteps=256",
         "eval.freq=128", "eval.n_episodes=2", "eval.final_episodes=0", "checkpoint.freq=128",
         "policy.core_kwargs={hidden_size: 8}"]

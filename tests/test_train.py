@@ -47,6 +47,7 @@ def tiny(core: str, total: int = 2048, **extra: str) -> list[str]:
         "algo.n_epochs": "2",
         "train.total_timesteps": str(total),
         "train.progress_bar": "false",
+        "train.stop_at_success": "null",
         "eval.freq": "1024",
         "eval.n_episodes": "2",
         "eval.final_episodes": "4",
