@@ -106,6 +106,7 @@ class QuadrotorEnv(gym.Env):
     default_episode_seconds = 8.0
     arena_half_width = 3.0  # m: |x|, |y| beyond this is leaving the arena
     arena_height = 3.0  # m: z beyond this is leaving the arena
+    goal_name = "goal"  # what the first observation block points at ("<goal_name> - position")
     task_observation: tuple[ObservationField, ...] = ()
     task_axes: tuple[str, ...] = ()  # task-specific disturbance axes this env responds to
     airborne_start = False  # start hovering (rotors at hover speed) instead of on the ground
@@ -185,7 +186,8 @@ class QuadrotorEnv(gym.Env):
     @property
     def observation_layout(self) -> tuple[ObservationField, ...]:
         """The blocks of the state observation, in order (the docstring tables list them)."""
-        return BASE_OBSERVATION + self.task_observation
+        goal = BASE_OBSERVATION[0]._replace(meaning=f"{self.goal_name} - position (world x, y, z)")
+        return (goal, *BASE_OBSERVATION[1:], *self.task_observation)
 
     @property
     def push_pending(self) -> bool:

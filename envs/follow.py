@@ -75,6 +75,7 @@ class FollowEnv(QuadrotorEnv):
     """
 
     default_action = "velocity"
+    goal_name = "target"
     default_episode_seconds = 20.0
     arena_half_width = 6.0
     arena_height = 4.0

@@ -74,6 +74,7 @@ class HoverEnv(QuadrotorEnv):
     """
 
     default_action = "ctbr"
+    goal_name = "target"
     default_episode_seconds = 8.0
 
     def __init__(self, target_radius: float = 0.5, min_height: float = 0.5,

@@ -75,6 +75,7 @@ class WaypointsEnv(QuadrotorEnv):
     """
 
     default_action = "velocity"
+    goal_name = "current waypoint"
     default_episode_seconds = 20.0
     task_observation = (ObservationField("next waypoint - current waypoint (0 if last)", 3, "m",
                                          10.0, 1.0),)
