@@ -51,18 +51,10 @@ from agents.metrics import (
 )
 from agents.parallel import RowLog
 from agents.reporting import print_rows, write_rows
-from envs.disturbances import AXES, DEFAULT_LEVELS, Disturbances
+from envs.disturbances import AXES, AXIS_LABELS, DEFAULT_LEVELS, Disturbances
 
 NOMINAL = "nominal"  # the axis name of the shared in-distribution level
 TAG_COLUMNS = ("agent", "axis", "level")
-AXIS_LABELS = {
-    "wind": "wind speed (m/s)", "mass": "mass factor (x)", "motor": "one motor's efficiency (x)",
-    "obs_noise": "observation noise std (m, m/s, rad)", "latency": "latency (ms)",
-    "ctrl_rate": "control rate (Hz)", "push": "push (m/s)", "range": "goal distance factor (x)",
-    "density": "tree density factor (x)", "target_speed": "target speed factor (x)",
-    "brightness": "camera brightness offset", "contrast": "camera contrast (x)",
-    "pixel_noise": "camera pixel noise std",
-}
 
 
 class StressError(ValueError):
