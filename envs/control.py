@@ -150,17 +150,19 @@ class CascadedPID:
         (rad/s); integrates the rate error over ``dt`` seconds (skipped while on the ground,
         where ``thrust`` is below half the weight and contact torques would wind it up)."""
         g = self.gains
-        airborne = thrust > 0.5 * self.params.weight
-        torque = []
-        for i in range(3):
-            error = rate_setpoint[i] - body_rates[i]
-            integral = self._rate_integral[i]
-            if airborne:
-                integral = min(max(integral + g.rate_i * error * dt, -g.rate_i_limit),
-                               g.rate_i_limit)
-                self._rate_integral[i] = integral
-            torque.append(self.inertia[i] * (g.rate_p * error + integral))
-        return self.mix(thrust, torque[0], torque[1], torque[2])
+        e0 = rate_setpoint[0] - body_rates[0]
+        e1 = rate_setpoint[1] - body_rates[1]
+        e2 = rate_setpoint[2] - body_rates[2]
+        i0, i1, i2 = self._rate_integral
+        if thrust > 0.5 * self.params.weight:  # airborne
+            ki, limit = g.rate_i, g.rate_i_limit
+            i0 = min(max(i0 + ki * e0 * dt, -limit), limit)
+            i1 = min(max(i1 + ki * e1 * dt, -limit), limit)
+            i2 = min(max(i2 + ki * e2 * dt, -limit), limit)
+            self._rate_integral = [i0, i1, i2]
+        jx, jy, jz = self.inertia
+        kp = g.rate_p
+        return self.mix(thrust, jx * (kp * e0 + i0), jy * (kp * e1 + i1), jz * (kp * e2 + i2))
 
     def mix(self, thrust: float, tx: float, ty: float, tz: float) -> tuple[float, float, float, float]:
         """Rotor speeds (rpm) producing collective ``thrust`` (N) and body torques (N m).
@@ -174,7 +176,8 @@ class CascadedPID:
         f2 = u2[0] * thrust + u2[1] * tx + u2[2] * ty + u2[3] * tz
         f3 = u3[0] * thrust + u3[1] * tx + u3[2] * ty + u3[3] * tz
         low, high = self.min_rotor_thrust, self._max_rotor_thrust
-        if not (low <= min(f0, f1, f2, f3) and max(f0, f1, f2, f3) <= high):
+        if not (low <= f0 <= high and low <= f1 <= high and low <= f2 <= high
+                and low <= f3 <= high):
             f0, f1, f2, f3 = self._desaturate(thrust, tx, ty, tz)
         kf = self.params.kf
         return math.sqrt(f0 / kf), math.sqrt(f1 / kf), math.sqrt(f2 / kf), math.sqrt(f3 / kf)

@@ -66,7 +66,7 @@ AXIS_LABELS: dict[str, str] = {
 }
 """Human label (with unit) of each axis, for tables and plot axes."""
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
-    "wind": (0.0, 1.0, 2.0, 3.0, 4.0),
+    "wind": (0.0, 2.5, 5.0, 7.5, 10.0),
     "mass": (0.8, 1.0, 1.2, 1.4),
     "motor": (1.0, 0.9, 0.8, 0.7),
     "motor_lag": (1.0, 2.0, 3.5),
