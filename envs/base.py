@@ -91,7 +91,9 @@ class QuadrotorEnv(gym.Env):
         pyb_freq: physics rate (Hz).
         episode_seconds: time limit (s) after which the episode is truncated.
         render_mode: ``None`` or ``"rgb_array"`` (chase-camera frames from :meth:`render`).
-        params: airframe constants (default: Crazyflie 2.x).
+        params: airframe constants (default: Crazyflie 2.x), a
+            :class:`envs.params.QuadrotorParams` or a dict of its fields (unknown keys are a
+            ValueError).
         disturbances: :class:`envs.disturbances.Disturbances` (or a dict of its fields): fixed
             stress levels or per-episode ranges. A ``ctrl_rate`` in it replaces ``ctrl_freq``
             and raises ``pyb_freq`` to the smallest multiple of it that is >= ``pyb_freq``.
@@ -99,6 +101,21 @@ class QuadrotorEnv(gym.Env):
             :attr:`episode_disturbance`.
         camera: add a forward camera; the observation becomes a Dict ``{"state": Box,
             "image": Box(0, 255, (48, 64, 3), uint8)}`` (only tasks with ``supports_camera``).
+
+    Every argument is checked before the PyBullet client is created (ValueError naming the
+    value and what is allowed); rates may be whole-number floats (``48.0``).
+
+    Shared behaviour of every task:
+        - crashes are checked after every physics step (not only every control step); a step
+          that ends in a crash stops there. A simulator state that turns NaN/inf is a crash too:
+          the drone is put back to its last finite state, so observation and reward stay finite;
+        - once airborne no rotor spins below the idle floor (``params.idle_rpm``);
+        - until the first (latency-delayed) action arrives the rotors keep their spawn command:
+          hover speed for airborne starts, stopped on the ground;
+        - a ``push`` lands ``push_delay`` (0.5-2 s) after take-off, and no success counts before
+          it has landed; ``info["pushed"]``/``info["push_time"]`` report it;
+        - after :meth:`close`, ``reset``/``step``/``render`` raise RuntimeError; an env dropped
+          without ``close`` releases its client when garbage-collected.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
@@ -374,6 +391,7 @@ class QuadrotorEnv(gym.Env):
 
     def render(self) -> np.ndarray | None:
         """Chase-camera RGB frame [240, 320, 3] uint8 when ``render_mode="rgb_array"``."""
+        self._require_open()
         if self.render_mode == "rgb_array":
             return self.sim.render_chase()
         return None
