@@ -168,3 +168,25 @@ def test_resting_on_the_ground_before_take_off_is_not_a_crash():
         _, _, terminated, truncated, info = env.step(-np.ones(4, dtype=np.float32))
         assert not terminated
     assert not info["crashed"]
+
+
+def _torques(rpm):
+    thrust = [CRAZYFLIE.kf * w * w for w in rpm]
+    roll = sum(y * f for y, f in zip(CRAZYFLIE.rotor_y, thrust))
+    yaw = sum(s * CRAZYFLIE.km * w * w for s, w in zip(CRAZYFLIE.yaw_sign, rpm))
+    return sum(thrust), roll, yaw
+
+
+def test_mixer_trades_collective_thrust_to_keep_the_roll_torque_at_saturation():
+    pid = CascadedPID(CRAZYFLIE)
+    pid.set_airborne(True)
+    full = 4 * CRAZYFLIE.max_rotor_thrust
+    roll = 0.1 * CRAZYFLIE.max_rotor_thrust * 4 * 0.028  # N m, a tenth of the roll authority
+    thrust, got_roll, _ = _torques(pid.mix(0.98 * full, roll, 0.0, 0.0))
+    assert got_roll == pytest.approx(roll, rel=1e-6)  # attitude authority kept ...
+    assert thrust < 0.98 * full  # ... by giving up collective thrust
+    # Yaw goes before roll/pitch when both cannot fit.
+    _, got_roll, got_yaw = _torques(pid.mix(0.5 * full, 4 * roll, 0.0, 1e-3))
+    assert got_roll == pytest.approx(4 * roll, rel=1e-6) and 0 < got_yaw < 1e-3
+    # Idle floor: even a zero-thrust request keeps every rotor at idle once airborne.
+    assert min(pid.mix(0.0, 0.0, 0.0, 0.0)) == pytest.approx(CRAZYFLIE.idle_rpm)
