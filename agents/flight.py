@@ -286,7 +286,7 @@ def episode_result(seed: int, info: dict[str, Any], terminated: bool, truncated:
         seed=seed, success=success, crashed=crashed, timeout=not (success or crashed),
         steps=len(actions), time_s=time_s, path_length_m=float(info["path_length"]), shortest_path_m=shortest_m,
         final_distance_m=float(info["distance_to_goal"]),
-        action_smoothness=action_smoothness(np.array(actions)), reward=reward)
+        action_smoothness=action_smoothness(np.array(actions)), reward=reward, pushed=bool(info.get("pushed", False)))
 
 
 class _InFlight:

@@ -12,6 +12,7 @@ One flown episode is an `EpisodeResult`; a set of them summarises into a `Summar
 | `time_to_goal_s`    | mean episode time of the successful episodes (s; NaN if none)           |
 | `final_distance_m`  | mean distance to the current goal at the last step (m)                  |
 | `action_smoothness` | mean over steps t >= 1 and action entries of |a_t - a_{t-1}| (actions in [-1, 1]) |
+| `pushed_rate`       | episodes in which the `push` disturbance landed / episodes (`info["pushed"]`)  |
 
 SPL is NaN where the goal moves (Follow: no shortest path). Exactly one of success, crash,
 timeout and error holds per episode, so the four rates sum to 1.
@@ -95,6 +96,7 @@ class EpisodeResult:
     action_smoothness: float
     reward: float
     error: str = ""
+    pushed: bool = False
 
     @classmethod
     def failed(cls, seed: int, error: str) -> EpisodeResult:
@@ -160,6 +162,7 @@ class Summary:
     action_smoothness: float
     mean_reward: float
     mean_steps: float
+    pushed_rate: float = 0.0
 
     @classmethod
     def of(cls, episodes: Sequence[EpisodeResult]) -> Summary:
@@ -186,6 +189,7 @@ class Summary:
             action_smoothness=_mean(e.action_smoothness for e in flown),
             mean_reward=_mean(e.reward for e in flown),
             mean_steps=_mean(e.steps for e in flown),
+            pushed_rate=sum(e.pushed for e in episodes) / n,
         )
 
     def as_dict(self) -> dict[str, float]:
@@ -197,6 +201,8 @@ class Summary:
                 f"{100 * self.timeout_rate:.1f} %, SPL {self.spl:.3f}, time to goal "
                 f"{self.time_to_goal_s:.2f} s, final distance {self.final_distance_m:.3f} m, "
                 f"smoothness {self.action_smoothness:.3f} over {self.episodes} episodes")
+        if self.pushed_rate:
+            text += f"; {100 * self.pushed_rate:.0f} % of episodes pushed"
         if self.errors:
             text += f"; {self.errors} episode(s) raised and count as failures"
         return text

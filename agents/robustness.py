@@ -128,6 +128,7 @@ def analyse(sweep: Sweep, rows: list[dict[str, str]], out_dir: Path,
                 "crash_rate": [row["crash_rate"] for row in axis_rows],
                 "final_distance_m": [row["final_distance_m"] for row in axis_rows],
                 "time_to_goal_s": [row["time_to_goal_s"] for row in axis_rows],
+                "pushed_rate": [row["pushed_rate"] for row in axis_rows],
                 "nominal": nominal_level(axis, spec),
                 "mean_success": float(np.mean([row["success_rate"] for row in axis_rows])),
                 "ood_success": float(ood_success(rates, [group])) if group else math.nan,
@@ -233,7 +234,8 @@ def report(summary: dict[str, Any]) -> str:
                     i = [float(v) for v in a["levels"]].index(level)
                     text = percent(a["success"][i], a["success_low"][i], a["success_high"][i])
                     text += (f"<br>crash {100 * a['crash_rate'][i]:.0f} %, {a['final_distance_m'][i]:.2f} m"
-                             + (f", {a['time_to_goal_s'][i]:.1f} s" if not math.isnan(a["time_to_goal_s"][i]) else ""))
+                             + (f", {a['time_to_goal_s'][i]:.1f} s" if not math.isnan(a["time_to_goal_s"][i]) else "")
+                             + (f", pushed {100 * a['pushed_rate'][i]:.0f} %" if axis == "push" else ""))
                     cells.append(text + (" (nominal)" if level == a["nominal"] else ""))
                 else:
                     cells.append("")

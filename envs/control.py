@@ -14,7 +14,10 @@ factor ~3 slower than the one inside it):
              horizontal part limited by ``max_tilt``                          (physics rate)
 - attitude:  reduced attitude: body rates that turn body z towards a_des      (physics rate)
 - rate:      torque = J * (Kp_rate * (w_des - w) + Ki_rate * integral)          (physics rate)
-- mixing:    rotor thrusts from collective thrust and torques -> rotor speeds (physics rate)
+- mixing:    rotor thrusts from collective thrust and torques -> rotor speeds (physics rate),
+             desaturated: when a rotor would leave [idle, max] thrust, the collective thrust is
+             traded first, then yaw torque, then roll/pitch torque (scaled together), so the
+             attitude authority is kept as long as the rotors can give it
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ class CascadedPID:
         ])
         self._unmix = tuple(tuple(row) for row in np.linalg.inv(mixing).tolist())
         self._max_rotor_thrust = params.max_rotor_thrust
+        self.min_rotor_thrust = 0.0  # N, the idle floor once airborne (see :meth:`set_airborne`)
+
+    def set_airborne(self, airborne: bool) -> None:
+        """Keep every rotor at or above the idle thrust (``params.idle_thrust_fraction`` of the
+        maximum) while airborne; on the ground rotors may stop."""
+        params = self.params
+        self.min_rotor_thrust = (params.idle_thrust_fraction * params.max_rotor_thrust
+                                 if airborne else 0.0)
 
     def reset(self) -> None:
         """Clear the integrators (call at episode start)."""
@@ -139,31 +150,61 @@ class CascadedPID:
         (rad/s); integrates the rate error over ``dt`` seconds (skipped while on the ground,
         where ``thrust`` is below half the weight and contact torques would wind it up)."""
         g = self.gains
-        airborne = thrust > 0.5 * self.params.weight
-        torque = []
-        for i in range(3):
-            error = rate_setpoint[i] - body_rates[i]
-            integral = self._rate_integral[i]
-            if airborne:
-                integral = min(max(integral + g.rate_i * error * dt, -g.rate_i_limit),
-                               g.rate_i_limit)
-                self._rate_integral[i] = integral
-            torque.append(self.inertia[i] * (g.rate_p * error + integral))
-        return self.mix(thrust, torque[0], torque[1], torque[2])
+        e0 = rate_setpoint[0] - body_rates[0]
+        e1 = rate_setpoint[1] - body_rates[1]
+        e2 = rate_setpoint[2] - body_rates[2]
+        i0, i1, i2 = self._rate_integral
+        if thrust > 0.5 * self.params.weight:  # airborne
+            ki, limit = g.rate_i, g.rate_i_limit
+            i0 = min(max(i0 + ki * e0 * dt, -limit), limit)
+            i1 = min(max(i1 + ki * e1 * dt, -limit), limit)
+            i2 = min(max(i2 + ki * e2 * dt, -limit), limit)
+            self._rate_integral = [i0, i1, i2]
+        jx, jy, jz = self.inertia
+        kp = g.rate_p
+        return self.mix(thrust, jx * (kp * e0 + i0), jy * (kp * e1 + i1), jz * (kp * e2 + i2))
 
     def mix(self, thrust: float, tx: float, ty: float, tz: float) -> tuple[float, float, float, float]:
         """Rotor speeds (rpm) producing collective ``thrust`` (N) and body torques (N m).
 
-        Each rotor's thrust is clipped to [0, max rotor thrust]: saturation is physical.
+        Rotor thrusts stay inside [idle floor, max rotor thrust]; when the plain allocation
+        leaves that range the request is desaturated (see the module docstring).
         """
+        u0, u1, u2, u3 = self._unmix
+        f0 = u0[0] * thrust + u0[1] * tx + u0[2] * ty + u0[3] * tz
+        f1 = u1[0] * thrust + u1[1] * tx + u1[2] * ty + u1[3] * tz
+        f2 = u2[0] * thrust + u2[1] * tx + u2[2] * ty + u2[3] * tz
+        f3 = u3[0] * thrust + u3[1] * tx + u3[2] * ty + u3[3] * tz
+        low, high = self.min_rotor_thrust, self._max_rotor_thrust
+        if not (low <= f0 <= high and low <= f1 <= high and low <= f2 <= high
+                and low <= f3 <= high):
+            f0, f1, f2, f3 = self._desaturate(thrust, tx, ty, tz)
         kf = self.params.kf
-        limit = self._max_rotor_thrust
-        rpm = []
-        for row in self._unmix:
-            force = row[0] * thrust + row[1] * tx + row[2] * ty + row[3] * tz
-            force = min(max(force, 0.0), limit)
-            rpm.append(math.sqrt(force / kf))
-        return rpm[0], rpm[1], rpm[2], rpm[3]
+        return math.sqrt(f0 / kf), math.sqrt(f1 / kf), math.sqrt(f2 / kf), math.sqrt(f3 / kf)
+
+    def _desaturate(self, thrust: float, tx: float, ty: float,
+                    tz: float) -> list[float]:
+        """Rotor thrusts (N) inside [floor, max]: roll/pitch torque kept if it fits (else scaled
+        down), then as much yaw torque as fits, then the collective closest to ``thrust``."""
+        low, high = self.min_rotor_thrust, self._max_rotor_thrust
+        span = high - low
+        tilt = [row[1] * tx + row[2] * ty for row in self._unmix]
+        yaw = [row[3] * tz for row in self._unmix]
+        tilt_spread = max(tilt) - min(tilt)
+        if tilt_spread > span:
+            tilt = [t * span / tilt_spread for t in tilt]
+            torque = tilt
+        else:
+            both = [t + y for t, y in zip(tilt, yaw)]
+            both_spread = max(both) - min(both)
+            if both_spread > span:
+                # The spread is convex in the yaw share, so this share fits.
+                share = (span - tilt_spread) / (both_spread - tilt_spread)
+                both = [t + share * y for t, y in zip(tilt, yaw)]
+            torque = both
+        collective = [row[0] * thrust + t for row, t in zip(self._unmix, torque)]
+        shift = min(max(0.0, low - min(collective)), high - max(collective))
+        return [min(max(c + shift, low), high) for c in collective]
 
     def yaw_hold_rate(self, rot: Rot, yaw_setpoint: float = 0.0) -> float:
         """Yaw-rate set-point (rad/s) that turns the heading towards ``yaw_setpoint`` (rad)."""

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Position, QuadrotorEnv
+from envs.base import CRASH_PENALTY, ObservationField, Position, QuadrotorEnv
 
 IN_RANGE_REWARD_RATE = 2.0  # per second inside the distance band
 OUT_OF_RANGE_COST_RATE = 2.0  # per second and metre outside the band
+MAX_COSTED_EXCESS = 5.0  # m: distance outside the band beyond this costs no more
 TARGET_HEIGHT = 1.0  # m, mean height of the target path
 TARGET_BOB = 0.3  # m, amplitude of the target's vertical oscillation
 TARGET_BOB_PERIOD = 6.0  # s
@@ -38,24 +39,29 @@ class FollowEnv(QuadrotorEnv):
     ``Box(float32, (25,))`` (with ``camera=True`` a Dict of this ``state`` and a 64 x 48 RGB
     ``image`` from a forward camera):
 
-    | index | meaning                                   | unit  | bound |
-    |-------|-------------------------------------------|-------|-------|
-    | 0-2   | target - position (world x, y, z)         | m     | 10    |
-    | 3-5   | velocity (world x, y, z)                  | m/s   | 10    |
-    | 6-14  | rotation matrix body->world, row-major    | -     | 1     |
-    | 15-17 | body rates p, q, r                        | rad/s | 20    |
-    | 18-21 | previous action                           | -     | 1     |
-    | 22-24 | target velocity (world x, y, z)           | m/s   | 10    |
+    | index | meaning                                   | unit  | bound | noise std |
+    |-------|-------------------------------------------|-------|-------|-----------|
+    | 0-2   | target - position (world x, y, z)         | m     | 10    | 1         |
+    | 3-5   | velocity (world x, y, z)                  | m/s   | 10    | 1         |
+    | 6-14  | rotation matrix body->world, row-major    | -     | 1     | 1         |
+    | 15-17 | body rates p, q, r                        | rad/s | 20    | 1         |
+    | 18-21 | previous action                           | -     | 1     | 0         |
+    | 22-24 | target velocity (world x, y, z)           | m/s   | 10    | 1         |
+
+    ``noise std`` is the observation-noise standard deviation at ``obs_noise`` = 1 (in the entry's
+    unit); the ``obs_noise`` disturbance level scales it, and noisy values are clipped too.
 
     ## Rewards
-    Per step ``2 * dt`` inside the band, ``-2 * dt * (metres outside the band)`` otherwise,
-    ``-10`` on a crash, minus the shared action-change and body-rate penalties.
+    Per step ``2 * dt`` inside the band, ``-2 * dt * min(metres outside the band, 5)`` otherwise,
+    minus the shared action-change and body-rate penalties. A crash costs ``10`` plus the
+    largest tracking cost the rest of the episode could have had (``2 * 5 * remaining
+    seconds``), so crashing never pays.
 
     ## Episode End
     1. Termination (crash): any contact, tilt beyond 80 deg, leaving the arena (|x| or |y| >
        6 m, z > 4 m, times the ``range`` factor).
-    2. Termination at the time limit when the in-range fraction reached ``success_fraction``
-       (``info["is_success"]`` True); otherwise truncation at ``episode_seconds`` (20 s).
+    2. Truncation at ``episode_seconds`` (20 s); ``info["is_success"]`` is True on that step when
+       the in-range fraction reached ``success_fraction`` (and any ``push`` has landed).
 
     ## Info
     The shared keys (``distance_to_goal`` is the distance to the target) and
@@ -69,13 +75,15 @@ class FollowEnv(QuadrotorEnv):
     """
 
     default_action = "velocity"
+    goal_name = "target"
     default_episode_seconds = 20.0
     arena_half_width = 6.0
     arena_height = 4.0
     airborne_start = True
+    success_at_time_limit = True
     supports_camera = True
     task_axes = ("target_speed",)
-    task_observation = (("target velocity (m/s, world)", 3, 10.0),)
+    task_observation = (ObservationField("target velocity (world x, y, z)", 3, "m/s", 10.0, 1.0),)
 
     def __init__(self, target_speed: float = 0.5, min_distance: float = 0.5,
                  max_distance: float = 1.5, success_fraction: float = 0.8,
@@ -138,7 +146,7 @@ class FollowEnv(QuadrotorEnv):
             home = math.atan2(-y, -x)
             turn += HOME_GAIN * ((home - self._heading + math.pi) % (2.0 * math.pi) - math.pi)
         self._heading += turn * dt
-        speed = self.target_speed * self.disturbance.target_speed
+        speed = self.target_speed * self.episode_disturbance.target_speed
         self._time += dt
         new_z = self._target_height()
         vx, vy = speed * math.cos(self._heading), speed * math.sin(self._heading)
@@ -155,9 +163,14 @@ class FollowEnv(QuadrotorEnv):
             reward = IN_RANGE_REWARD_RATE * dt
         else:
             outside = max(self.min_distance - distance, distance - self.max_distance)
-            reward = -OUT_OF_RANGE_COST_RATE * dt * outside
+            reward = -OUT_OF_RANGE_COST_RATE * dt * min(outside, MAX_COSTED_EXCESS)
         finished = self._steps >= self.max_steps
-        return reward, finished and self._in_range >= self.success_fraction * self.max_steps
+        return reward, (finished and not self.push_pending
+                        and self._in_range >= self.success_fraction * self.max_steps)
+
+    def _crash_penalty(self) -> float:
+        remaining = (self.max_steps - self._steps) * self.control_dt  # s
+        return CRASH_PENALTY + OUT_OF_RANGE_COST_RATE * MAX_COSTED_EXCESS * remaining
 
     def _task_observation(self) -> list[float]:
         return list(self.target_velocity)

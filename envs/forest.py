@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Position, QuadrotorEnv, require_positive
+from envs.base import ObservationField, Position, QuadrotorEnv, require_positive
 from envs.sensors import RangeSensor
 
 PROGRESS_REWARD = 10.0  # per metre closed on the goal
@@ -42,14 +42,18 @@ class ForestEnv(QuadrotorEnv):
     ``Box(float32, (22 + num_rays,))`` (with ``camera=True`` a Dict of this ``state`` and a
     64 x 48 RGB ``image`` from a forward camera):
 
-    | index | meaning                                             | unit  | bound |
-    |-------|-----------------------------------------------------|-------|-------|
-    | 0-2   | goal - position (world x, y, z)                     | m     | 10    |
-    | 3-5   | velocity (world x, y, z)                            | m/s   | 10    |
-    | 6-14  | rotation matrix body->world, row-major              | -     | 1     |
-    | 15-17 | body rates p, q, r                                  | rad/s | 20    |
-    | 18-21 | previous action                                     | -     | 1     |
-    | 22-   | range rays, distance / ``ray_range`` (1: no hit)    | -     | 1     |
+    | index | meaning                                             | unit  | bound | noise std |
+    |-------|-----------------------------------------------------|-------|-------|-----------|
+    | 0-2   | goal - position (world x, y, z)                     | m     | 10    | 1         |
+    | 3-5   | velocity (world x, y, z)                            | m/s   | 10    | 1         |
+    | 6-14  | rotation matrix body->world, row-major              | -     | 1     | 1         |
+    | 15-17 | body rates p, q, r                                  | rad/s | 20    | 1         |
+    | 18-21 | previous action                                     | -     | 1     | 0         |
+    | 22-   | range rays, distance / ``ray_range`` (1: no hit)    | -     | 1     | 0.25      |
+
+    ``noise std`` is the observation-noise standard deviation at ``obs_noise`` = 1 (in the entry's
+    unit; for the rays 1 m, i.e. 1 / ``ray_range`` = 0.25 at the default 4 m); the ``obs_noise``
+    disturbance level scales it, and noisy values are clipped too.
 
     The rays form a levelled fan of ``num_rays`` (32) over ``ray_fov_deg`` (360) degrees
     centred on the heading, ``ray_range`` (4 m) long; ray i points at heading + angle i,
@@ -60,7 +64,7 @@ class ForestEnv(QuadrotorEnv):
     the shared action-change and body-rate penalties.
 
     ## Episode End
-    1. Termination (success): within ``success_radius`` of the goal.
+    1. Termination (success): within ``success_radius`` of the goal (once any push has landed).
     2. Termination (crash): any contact (tree or ground), tilt beyond 80 deg, or leaving the
        arena (|x| or |y| > 13 m, z > 4 m, times the ``range`` factor).
     3. Truncation: ``episode_seconds`` (default 25 s) have elapsed.
@@ -94,7 +98,9 @@ class ForestEnv(QuadrotorEnv):
         if not 4 <= goal_distance <= 12:
             raise ValueError(f"goal_distance must be in [4, 12] m, got {goal_distance!r}")
         self.range_sensor = RangeSensor(num_rays, ray_fov_deg, ray_range)
-        self.task_observation = (("range rays", num_rays, 1.0),)
+        self.task_observation = (ObservationField(
+            "range rays, distance / ``ray_range`` (1: no hit)", num_rays, "-", 1.0,
+            1.0 / ray_range),)  # noise: 1 m on a ray
         super().__init__(**kwargs)
         self.goal_distance = goal_distance
         self.density = density
@@ -128,7 +134,7 @@ class ForestEnv(QuadrotorEnv):
         x_low, x_high = START_CLEARANCE, self._goal[0] - GOAL_CLEARANCE
         half_width = BAND_HALF_WIDTH * scale
         area = max(x_high - x_low, 0.0) * 2.0 * half_width
-        count = int(rng.poisson(self.density * self.disturbance.density * area))
+        count = int(rng.poisson(self.density * self.episode_disturbance.density * area))
         spacing = 2.0 * self.tree_radius + self.min_gap
         trees: list[Position] = []
         for _ in range(count * 20):  # attempts
@@ -143,7 +149,7 @@ class ForestEnv(QuadrotorEnv):
 
     def _task_step(self) -> tuple[float, bool]:
         reward = PROGRESS_REWARD * self._progress()
-        if self.distance_to_goal() < self.success_radius:
+        if self.distance_to_goal() < self.success_radius and not self.push_pending:
             return reward + SUCCESS_REWARD, True
         return reward, False
 

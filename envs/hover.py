@@ -23,7 +23,8 @@ class HoverEnv(QuadrotorEnv):
     horizontal distance of up to ``target_radius`` and a height between ``min_height`` and
     ``max_height`` above the start. The drone must reach it and hold it: within
     ``success_radius`` (0.10 m) and slower than ``success_speed`` (0.2 m/s) for ``hold_seconds``
-    (1 s) in a row, which ends the episode as a success.
+    (1 s) in a row, which ends the episode as a success. With a ``push`` disturbance the hold
+    counts only after the push has landed (so a success includes the recovery).
 
     ## Action Space
     ``Box(-1, 1, (4,), float32)``, meaning set by ``action`` (default ``ctbr``: collective thrust
@@ -33,13 +34,16 @@ class HoverEnv(QuadrotorEnv):
     ## Observation Space
     ``Box(float32, (22,))``, SI units, each entry clipped to its bound:
 
-    | index | meaning                                   | unit  | bound |
-    |-------|-------------------------------------------|-------|-------|
-    | 0-2   | target - position (world x, y, z)         | m     | 10    |
-    | 3-5   | velocity (world x, y, z)                  | m/s   | 10    |
-    | 6-14  | rotation matrix body->world, row-major    | -     | 1     |
-    | 15-17 | body rates p, q, r                        | rad/s | 20    |
-    | 18-21 | previous action                           | -     | 1     |
+    | index | meaning                                   | unit  | bound | noise std |
+    |-------|-------------------------------------------|-------|-------|-----------|
+    | 0-2   | target - position (world x, y, z)         | m     | 10    | 1         |
+    | 3-5   | velocity (world x, y, z)                  | m/s   | 10    | 1         |
+    | 6-14  | rotation matrix body->world, row-major    | -     | 1     | 1         |
+    | 15-17 | body rates p, q, r                        | rad/s | 20    | 1         |
+    | 18-21 | previous action                           | -     | 1     | 0         |
+
+    ``noise std`` is the observation-noise standard deviation at ``obs_noise`` = 1 (in the entry's
+    unit); the ``obs_noise`` disturbance level scales it, and noisy values are clipped too.
 
     ## Rewards
     Per step: ``10 * (metres closed on the target)`` + ``5 * dt * (1 - tanh(d / 0.2 m))`` (hold
@@ -59,7 +63,8 @@ class HoverEnv(QuadrotorEnv):
 
     ## Info
     ``is_success``, ``crashed``, ``distance_to_goal`` (m), ``path_length`` (m flown),
-    ``dt`` (s, true duration of the step).
+    ``dt`` (s, true duration of the step), ``pushed`` (the push has landed), ``push_time`` (s
+    from the start when it landed, None before).
 
     ## Arguments
     ``target_radius`` (m, 0.5), ``min_height``/``max_height`` (m, 0.5/1.0), ``hold_seconds``
@@ -69,6 +74,7 @@ class HoverEnv(QuadrotorEnv):
     """
 
     default_action = "ctbr"
+    goal_name = "target"
     default_episode_seconds = 8.0
 
     def __init__(self, target_radius: float = 0.5, min_height: float = 0.5,
@@ -104,7 +110,8 @@ class HoverEnv(QuadrotorEnv):
         reward = PROGRESS_REWARD * self._progress()
         distance = self.distance_to_goal()
         reward += HOLD_REWARD_RATE * dt * (1.0 - math.tanh(distance / HOLD_REWARD_SCALE))
-        if distance < self.success_radius and self.speed() < self.success_speed:
+        if (distance < self.success_radius and self.speed() < self.success_speed
+                and not self.push_pending):
             self._held += dt
         else:
             self._held = 0.0

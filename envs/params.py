@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 PHYSICS_HZ = 240
 """Default physics rate (Hz): one PyBullet step every 1/240 s."""
@@ -37,7 +38,11 @@ class QuadrotorParams:
     kf: float = 3.16e-10  # N / rpm^2
     km: float = 7.94e-12  # N m / rpm^2
     thrust_to_weight: float = 2.25
-    motor_tau: float = 0.02  # s, first-order rotor-speed lag (brushed 7x16 mm motor, approx.)
+    # s, first-order rotor-speed time constant of the brushed 7x16 mm motor. Published Crazyflie
+    # models use 10 ms (PyFlyt's cf2x.yaml, motor tau 0.01) to 25 ms (arlk/cf-model's motor
+    # transfer function 40 / (s + 40)); slower identified values (~70 ms) are reached with the
+    # motor_lag disturbance axis (x3.5).
+    motor_tau: float = 0.02
     rotor_x: tuple[float, float, float, float] = (0.028, -0.028, -0.028, 0.028)  # m
     rotor_y: tuple[float, float, float, float] = (-0.028, -0.028, 0.028, 0.028)  # m
     yaw_sign: tuple[float, float, float, float] = (-1.0, 1.0, -1.0, 1.0)
@@ -48,7 +53,48 @@ class QuadrotorParams:
     ground_effect_coeff: float = 11.37
     drag_xy: float = 9.18e-7  # N s^2/(m rad) -> force per (m/s airspeed) per (rad/s summed rotor speed)
     drag_z: float = 10.31e-7  # as drag_xy, along body z
+    # Body (parasitic) drag 0.5 * rho * Cd * A * |v_rel| * v_rel per body axis; Cd and A are
+    # PyFlyt's cf2x model (PyFlyt/models/vehicles/cf2x/cf2x.yaml: drag_coef_xyz 3.0,
+    # drag_area_xyz 4e-4 m^2), rho the ISA sea-level air density.
+    body_drag_coeff: float = 3.0
+    body_drag_area: float = 4.0e-4  # m^2, per body axis
+    air_density: float = 1.225  # kg/m^3
+    # Rotors never spin below this fraction of the maximum rotor thrust once airborne (5 %, as
+    # the "airmode" idle of common flight stacks, e.g. Betaflight's 5.5 % motor idle): the
+    # mixer trades collective thrust for attitude authority inside [idle, max].
+    idle_thrust_fraction: float = 0.05
     gravity: float = GRAVITY  # m/s^2
+
+    def __post_init__(self) -> None:
+        positive = ("mass", "ixx", "iyy", "izz", "arm", "kf", "km", "motor_tau",
+                    "collision_radius", "collision_height", "prop_radius", "gravity")
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                    and math.isfinite(value)):
+                raise ValueError(f"params {name}={value!r}: must be a finite number > 0")
+        if not self.thrust_to_weight > 0:
+            raise ValueError(f"params thrust_to_weight={self.thrust_to_weight!r}: must be > 0")
+        for name in ("drag_xy", "drag_z", "body_drag_coeff", "body_drag_area", "air_density",
+                     "ground_effect_coeff"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"params {name}={getattr(self, name)!r}: must be >= 0")
+        if not 0 <= self.idle_thrust_fraction < 0.5:
+            raise ValueError(f"params idle_thrust_fraction={self.idle_thrust_fraction!r}: "
+                             f"allowed [0, 0.5)")
+        for name in ("rotor_x", "rotor_y", "yaw_sign", "motor_efficiency"):
+            if len(getattr(self, name)) != 4:
+                raise ValueError(f"params {name}={getattr(self, name)!r}: needs 4 values")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> QuadrotorParams:
+        """Crazyflie defaults overridden by ``values``; an unknown key is a ValueError naming it
+        and the allowed ones."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown params key(s) {unknown}; allowed: {allowed}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     @property
     def weight(self) -> float:
@@ -70,8 +116,14 @@ class QuadrotorParams:
         """Thrust of one rotor at full speed (N); four of them make ~0.595 N."""
         return self.kf * self.max_rpm**2
 
+    @property
+    def idle_rpm(self) -> float:
+        """Lowest rotor speed (rpm) once airborne: ``idle_thrust_fraction`` of the maximum
+        rotor thrust (~4,850 rpm for the Crazyflie)."""
+        return self.max_rpm * math.sqrt(self.idle_thrust_fraction)
+
     def scaled(self, mass_factor: float = 1.0, motor: int | None = None,
-               motor_efficiency: float = 1.0) -> QuadrotorParams:
+               motor_efficiency: float = 1.0, motor_lag: float = 1.0) -> QuadrotorParams:
         """A copy carrying a payload and/or a weak motor.
 
         Args:
@@ -79,11 +131,14 @@ class QuadrotorParams:
                 spread like the airframe), so the rotational response per unit mass is unchanged.
             motor: index 0-3 of the motor whose thrust is scaled by ``motor_efficiency``.
             motor_efficiency: thrust factor of that motor, in (0, 1].
+            motor_lag: multiplies the rotor time constant ``motor_tau``.
         """
         if mass_factor <= 0:
             raise ValueError(f"mass_factor must be > 0, got {mass_factor}")
         if not 0 < motor_efficiency <= 1:
             raise ValueError(f"motor_efficiency must be in (0, 1], got {motor_efficiency}")
+        if motor_lag <= 0:
+            raise ValueError(f"motor_lag must be > 0, got {motor_lag}")
         efficiency = list(self.motor_efficiency)
         if motor is not None:
             if motor not in range(4):
@@ -98,6 +153,7 @@ class QuadrotorParams:
             izz=self.izz * mass_factor,
             thrust_to_weight=self.thrust_to_weight / mass_factor,
             motor_efficiency=tuple(efficiency),
+            motor_tau=self.motor_tau * motor_lag,
         )
 
 

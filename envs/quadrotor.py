@@ -7,8 +7,11 @@ does not know about, once per physics step (they are cleared by PyBullet after e
   ``tau * dw/dt = w_cmd - w`` (integrated exactly over the step);
 - thrust ``eff_i * kf * w_i^2`` along body z and yaw torque ``yaw_sign_i * eff_i * km * w_i^2``;
 - rotor drag against the *relative* airspeed ``v - wind`` in the body frame, proportional to
-  the summed rotor speed (rad/s) with coefficients ``drag_xy``/``drag_z``; a wind velocity
-  therefore acts physically, through the same drag a moving drone feels;
+  the summed rotor speed (rad/s) with coefficients ``drag_xy``/``drag_z``, plus body drag
+  ``0.5 * rho * Cd * A * |v_rel| * v_rel`` per body axis (quadratic in the airspeed); a wind
+  velocity therefore acts physically, through the same drag a moving drone feels;
+- once airborne (:attr:`QuadrotorSim.min_rpm` set by the env) no rotor is commanded below the
+  idle speed;
 - ground effect: each rotor's thrust grows by ``ground_effect_coeff * (prop_radius / 4h)^2``
   at height ``h`` (m) of that rotor, with ``h`` clipped from below (the model diverges at 0).
 
@@ -19,6 +22,7 @@ memory stays flat. All hot-path arithmetic is on Python floats (see envs/control
 from __future__ import annotations
 
 import math
+import weakref
 from importlib import resources
 
 import numpy as np
@@ -64,7 +68,11 @@ class QuadrotorSim:
         p.changeDynamics(self.drone, -1, linearDamping=0.0, angularDamping=0.0,
                          activationState=p.ACTIVATION_STATE_DISABLE_SLEEPING, physicsClientId=cid)
         self._markers: list[int] = []
+        self.obstacles = 0  # colliding bodies besides the ground and the drone
         self.wind: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.min_rpm = 0.0  # rpm, floor of every rotor command (the idle speed once airborne)
+        # A dropped sim releases its client when garbage-collected, as close() does.
+        self._release = weakref.finalize(self, p.disconnect, physicsClientId=cid)
         self.set_params(params)
         self.reset((0.0, 0.0, 1.0))
 
@@ -84,6 +92,7 @@ class QuadrotorSim:
         self._ground_clip = 0.25 * params.prop_radius * math.sqrt(
             15.0 * params.max_rpm**2 * params.kf * params.ground_effect_coeff
             / (4.0 * params.max_rotor_thrust))
+        self._body_drag = 0.5 * params.air_density * params.body_drag_coeff * params.body_drag_area
 
     def reset(self, position: tuple[float, float, float], yaw: float = 0.0,
               velocity: tuple[float, float, float] = (0.0, 0.0, 0.0), rpm: float = 0.0) -> None:
@@ -112,6 +121,7 @@ class QuadrotorSim:
         self.position, self.quaternion = p.getBasePositionAndOrientation(self.drone,
                                                                          physicsClientId=cid)
         self.velocity, omega = p.getBaseVelocity(self.drone, physicsClientId=cid)
+        self.angular_velocity = omega
         r = self.rot = p.getMatrixFromQuaternion(self.quaternion)
         wx, wy, wz = omega
         self.body_rates = (r[0] * wx + r[3] * wy + r[6] * wz,
@@ -122,11 +132,18 @@ class QuadrotorSim:
         """Advance one physics step (``1 / physics_hz`` s) with rotor speed commands in rpm."""
         prm = self.params
         lag = self._lag
-        rpm = self.rpm
-        for i in range(4):
-            rpm[i] += lag * (rpm_command[i] - rpm[i])
-        kt = self._thrust_coeff
-        thrust = [kt[i] * rpm[i] * rpm[i] for i in range(4)]
+        floor = self.min_rpm
+        c0, c1, c2, c3 = rpm_command
+        w0, w1, w2, w3 = self.rpm
+        # Unrolled over the four rotors: this runs at the physics rate.
+        w0 += lag * ((c0 if c0 > floor else floor) - w0)
+        w1 += lag * ((c1 if c1 > floor else floor) - w1)
+        w2 += lag * ((c2 if c2 > floor else floor) - w2)
+        w3 += lag * ((c3 if c3 > floor else floor) - w3)
+        self.rpm = [w0, w1, w2, w3]
+        s0, s1, s2, s3 = w0 * w0, w1 * w1, w2 * w2, w3 * w3
+        k0, k1, k2, k3 = self._thrust_coeff
+        thrust = [k0 * s0, k1 * s1, k2 * s2, k3 * s3]
         r = self.rot
         px, py, pz = self.position
         if pz < GROUND_EFFECT_MAX_HEIGHT and r[8] > 0.0:
@@ -135,18 +152,25 @@ class QuadrotorSim:
                 height = max(pz + r[6] * prm.rotor_x[i] + r[7] * prm.rotor_y[i], clip)
                 ratio = radius / (4.0 * height)
                 thrust[i] *= 1.0 + coeff * ratio * ratio
-        ky = self._yaw_coeff
-        tx = sum(prm.rotor_y[i] * thrust[i] for i in range(4))
-        ty = -sum(prm.rotor_x[i] * thrust[i] for i in range(4))
-        tz = sum(ky[i] * rpm[i] * rpm[i] for i in range(4))
-        # Rotor drag against the airspeed, in the body frame.
-        spin = (rpm[0] + rpm[1] + rpm[2] + rpm[3]) * RPM_TO_RAD_S
+        f0, f1, f2, f3 = thrust
+        x0, x1, x2, x3 = prm.rotor_x
+        y0, y1, y2, y3 = prm.rotor_y
+        q0, q1, q2, q3 = self._yaw_coeff
+        tx = y0 * f0 + y1 * f1 + y2 * f2 + y3 * f3
+        ty = -(x0 * f0 + x1 * f1 + x2 * f2 + x3 * f3)
+        tz = q0 * s0 + q1 * s1 + q2 * s2 + q3 * s3
+        # Rotor drag (linear) and body drag (quadratic) against the airspeed, in the body frame.
         vx, vy, vz = self.velocity
         wx, wy, wz = self.wind
         ax, ay, az = vx - wx, vy - wy, vz - wz
-        fx = -prm.drag_xy * spin * (r[0] * ax + r[3] * ay + r[6] * az)
-        fy = -prm.drag_xy * spin * (r[1] * ax + r[4] * ay + r[7] * az)
-        fz = -prm.drag_z * spin * (r[2] * ax + r[5] * ay + r[8] * az) + sum(thrust)
+        bx = r[0] * ax + r[3] * ay + r[6] * az
+        by = r[1] * ax + r[4] * ay + r[7] * az
+        bz = r[2] * ax + r[5] * ay + r[8] * az
+        rotor = (w0 + w1 + w2 + w3) * RPM_TO_RAD_S
+        body = self._body_drag * math.sqrt(bx * bx + by * by + bz * bz)
+        fx = -(prm.drag_xy * rotor + body) * bx
+        fy = -(prm.drag_xy * rotor + body) * by
+        fz = -(prm.drag_z * rotor + body) * bz + f0 + f1 + f2 + f3
         cid = self.client
         p.applyExternalForce(self.drone, -1,
                              (r[0] * fx + r[1] * fy + r[2] * fz,
@@ -160,6 +184,28 @@ class QuadrotorSim:
                               p.WORLD_FRAME, physicsClientId=cid)
         p.stepSimulation(physicsClientId=cid)
         self._read_state()
+
+    def snapshot(self) -> tuple:
+        """The kinematic state and rotor speeds, for :meth:`restore`."""
+        return self.position, self.quaternion, self.velocity, self.angular_velocity, tuple(self.rpm)
+
+    def restore(self, snapshot: tuple) -> None:
+        """Put the drone back into a state taken by :meth:`snapshot` (e.g. after the physics
+        diverged to NaN)."""
+        position, quaternion, velocity, angular_velocity, rpm = snapshot
+        cid = self.client
+        p.resetBasePositionAndOrientation(self.drone, position, quaternion, physicsClientId=cid)
+        p.resetBaseVelocity(self.drone, velocity, angular_velocity, physicsClientId=cid)
+        self.rpm = list(rpm)
+        self._read_state()
+
+    def finite(self) -> bool:
+        """Whether position, velocity and angular velocity are all finite numbers (a NaN or inf
+        anywhere in the forces reaches them within one step)."""
+        x, y, z = self.position
+        vx, vy, vz = self.velocity
+        wx, wy, wz = self.angular_velocity
+        return math.isfinite(x + y + z + vx + vy + vz + wx + wy + wz)
 
     def push(self, velocity_change: tuple[float, float, float]) -> None:
         """Add ``velocity_change`` (m/s, world) to the drone's velocity at once (an impulse)."""
@@ -185,6 +231,7 @@ class QuadrotorSim:
         cid = self.client
         shape = p.createCollisionShape(p.GEOM_CYLINDER, radius=radius, height=height,
                                        physicsClientId=cid)
+        self.obstacles += 1
         visual = p.createVisualShape(p.GEOM_CYLINDER, radius=radius, length=height,
                                      rgbaColor=rgba, physicsClientId=cid)
         return p.createMultiBody(0.0, shape, visual, basePosition=PARKED, physicsClientId=cid)
@@ -231,8 +278,13 @@ class QuadrotorSim:
         """How many bodies the client holds (constant across resets)."""
         return p.getNumBodies(physicsClientId=self.client)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has released the client."""
+        return self.client < 0
+
     def close(self) -> None:
         """Disconnect the PyBullet client (idempotent)."""
         if self.client >= 0:
-            p.disconnect(physicsClientId=self.client)
+            self._release()
             self.client = -1

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Position, QuadrotorEnv, require_height_range, require_positive
+from envs.base import (ObservationField, Position, QuadrotorEnv, require_height_range,
+                       require_positive)
 
 PROGRESS_REWARD = 10.0  # per metre closed on the current waypoint
 WAYPOINT_REWARD = 2.0  # per waypoint reached
@@ -23,7 +24,8 @@ class WaypointsEnv(QuadrotorEnv):
     waypoints are drawn in the box |x|, |y| <= ``half_width`` (2 m), ``min_height`` <= z <=
     ``max_height`` (0.5-2 m), each at least 1 m from the previous one (the first from the start).
     A waypoint counts as reached when the drone comes within ``waypoint_radius`` (0.20 m) of it;
-    the next one then becomes the goal. Reaching the last one ends the episode as a success.
+    the next one then becomes the goal. Reaching the last one ends the episode as a success;
+    with a ``push`` disturbance the last waypoint counts only once the push has landed.
 
     ## Action Space
     ``Box(-1, 1, (4,), float32)``, meaning set by ``action`` (default ``velocity``: world-frame
@@ -33,14 +35,17 @@ class WaypointsEnv(QuadrotorEnv):
     ## Observation Space
     ``Box(float32, (25,))``, SI units, each entry clipped to its bound:
 
-    | index | meaning                                        | unit  | bound |
-    |-------|------------------------------------------------|-------|-------|
-    | 0-2   | current waypoint - position (world x, y, z)    | m     | 10    |
-    | 3-5   | velocity (world x, y, z)                       | m/s   | 10    |
-    | 6-14  | rotation matrix body->world, row-major         | -     | 1     |
-    | 15-17 | body rates p, q, r                             | rad/s | 20    |
-    | 18-21 | previous action                                | -     | 1     |
-    | 22-24 | next waypoint - current waypoint (0 if last)   | m     | 10    |
+    | index | meaning                                        | unit  | bound | noise std |
+    |-------|------------------------------------------------|-------|-------|-----------|
+    | 0-2   | current waypoint - position (world x, y, z)    | m     | 10    | 1         |
+    | 3-5   | velocity (world x, y, z)                       | m/s   | 10    | 1         |
+    | 6-14  | rotation matrix body->world, row-major         | -     | 1     | 1         |
+    | 15-17 | body rates p, q, r                             | rad/s | 20    | 1         |
+    | 18-21 | previous action                                | -     | 1     | 0         |
+    | 22-24 | next waypoint - current waypoint (0 if last)   | m     | 10    | 1         |
+
+    ``noise std`` is the observation-noise standard deviation at ``obs_noise`` = 1 (in the entry's
+    unit); the ``obs_noise`` disturbance level scales it, and noisy values are clipped too.
 
     ## Rewards
     Per step: ``10 * (metres closed on the current waypoint)`` - ``0.01 * |a_t - a_{t-1}|^2``
@@ -59,7 +64,8 @@ class WaypointsEnv(QuadrotorEnv):
 
     ## Info
     ``is_success``, ``crashed``, ``distance_to_goal`` (m, to the current waypoint),
-    ``path_length`` (m flown), ``dt`` (s, true duration of the step), ``waypoints_reached``.
+    ``path_length`` (m flown), ``dt`` (s, true duration of the step), ``pushed``,
+    ``push_time`` (see Hover), ``waypoints_reached``.
 
     ## Arguments
     ``num_waypoints`` (4), ``waypoint_radius`` (m, 0.20), ``half_width`` (m, 2.0),
@@ -69,8 +75,10 @@ class WaypointsEnv(QuadrotorEnv):
     """
 
     default_action = "velocity"
+    goal_name = "current waypoint"
     default_episode_seconds = 20.0
-    task_observation = (("next waypoint - current waypoint (m, world)", 3, 10.0),)
+    task_observation = (ObservationField("next waypoint - current waypoint (0 if last)", 3, "m",
+                                         10.0, 1.0),)
 
     def __init__(self, num_waypoints: int = 4, waypoint_radius: float = 0.20,
                  half_width: float = 2.0, min_height: float = 0.5, max_height: float = 2.0,
@@ -111,7 +119,8 @@ class WaypointsEnv(QuadrotorEnv):
 
     def _task_step(self) -> tuple[float, bool]:
         reward = PROGRESS_REWARD * self._progress()
-        if self.distance_to_goal() < self.waypoint_radius:
+        last = self._reached == self.num_waypoints - 1
+        if self.distance_to_goal() < self.waypoint_radius and not (last and self.push_pending):
             self._reached += 1
             reward += WAYPOINT_REWARD
             if self._reached == self.num_waypoints:

@@ -31,19 +31,26 @@ def test_3ms_wind_pushes_a_pid_hovering_drone_downwind():
     calm, _ = _fly_expert(_hover_env(), 0, 240)
     windy_env = _hover_env(wind=3.0, gust=0.0)
     windy, _ = _fly_expert(windy_env, 0, 240)
-    downwind = np.array(windy_env.disturbance.steady_wind) / 3.0
+    downwind = np.array(windy_env.episode_disturbance.steady_wind) / 3.0
     shift = (windy - calm) @ downwind
     assert shift.max() > 0.05  # metres, before the integrator wins it back
-    assert np.linalg.norm(windy_env.disturbance.steady_wind) == pytest.approx(3.0)
+    assert np.linalg.norm(windy_env.episode_disturbance.steady_wind) == pytest.approx(3.0)
 
 
-def test_gusts_vary_the_wind_around_its_steady_value_with_the_set_spread():
-    episode = EpisodeDisturbance(Disturbances(wind=2.0, gust=0.25), np.random.default_rng(0),
-                                 control_dt=1 / 48, substeps=5, episode_seconds=10.0)
-    winds = np.array([episode.wind() for _ in range(48 * 2000)])
-    assert np.allclose(winds.mean(axis=0), episode.steady_wind, atol=0.05)
-    assert np.allclose(winds.std(axis=0), 0.5, rtol=0.1)  # 0.25 x 2 m/s per axis
-    env = _hover_env(wind=2.0, gust=0.25)
+def test_gusts_follow_the_dryden_intensities_and_correlation_times():
+    speed, gust = 4.0, 0.1
+    episode = EpisodeDisturbance(Disturbances(wind=speed, gust=gust), np.random.default_rng(0),
+                                 control_dt=1 / 48, substeps=5)
+    winds = np.array([episode.wind() for _ in range(48 * 3000)])
+    vertical_std = gust * speed
+    assert np.allclose(winds.mean(axis=0), episode.steady_wind, atol=0.15)
+    assert np.allclose(winds.std(axis=0), [1.96 * vertical_std] * 2 + [vertical_std], rtol=0.1)
+    # Correlation time L / wind: vertical L_w = 3.05 m -> 0.76 s at 4 m/s, horizontal 23 m.
+    assert episode.gust_time == pytest.approx((23.0 / speed, 23.0 / speed, 3.048 / speed), rel=0.01)
+    lag = round(episode.gust_time[2] * 48)
+    w = winds[:, 2] - winds[:, 2].mean()
+    assert np.corrcoef(w[:-lag], w[lag:])[0, 1] == pytest.approx(math.exp(-1.0), abs=0.05)
+    env = _hover_env(wind=2.0)
     env.reset(seed=1)
     seen = set()
     for _ in range(10):
@@ -66,7 +73,7 @@ def test_mass_x1_4_raises_hover_thrust_by_about_40_percent():
 def test_weak_motor_scales_one_rotor_and_the_pid_compensates():
     env = _hover_env(motor=0.7)
     _, rpms = _fly_expert(env, 0, 300)
-    weak = env.disturbance.motor_index
+    weak = env.episode_disturbance.motor_index
     assert sorted(env.sim.params.motor_efficiency) == [0.7, 1.0, 1.0, 1.0]
     assert env.sim.params.motor_efficiency[weak] == 0.7
     assert rpms[-1, weak] == pytest.approx(rpms[-1].max())  # it must spin fastest
@@ -110,17 +117,24 @@ def test_range_multiplies_the_goal_distance_for_the_same_seed():
     assert np.allclose(np.array(route.waypoints), 2.0 * np.array(base.waypoints))
 
 
-def test_push_changes_velocity_by_its_size_once_mid_episode():
+def test_push_changes_velocity_by_its_size_once_after_take_off():
     env = _hover_env(push=1.0)
     env.reset(seed=2)
-    push_step = math.ceil(env.disturbance.push_time / env.control_dt)
-    assert 0.25 * 10.0 <= env.disturbance.push_time <= 0.5 * 10.0
-    for _ in range(push_step - 1):
-        env.step(env.expert_action())
-    before = np.array(env.sim.velocity)
-    env.step(env.expert_action())
+    take_off = None
+    for step in range(240):
+        before = np.array(env.sim.velocity)
+        _, _, _, _, info = env.step(env.expert_action())
+        if take_off is None and env.sim.position[2] > 0.1:
+            take_off = (step + 1) * env.control_dt
+        if info["pushed"]:
+            break
     jump = np.array(env.sim.velocity) - before
     assert np.linalg.norm(jump[:2]) == pytest.approx(1.0, abs=0.1)
+    assert info["push_time"] - take_off == pytest.approx(env.episode_disturbance.push_delay,
+                                                         abs=2 * env.control_dt)
+    assert 0.5 <= env.episode_disturbance.push_delay <= 2.0
+    _, _, _, _, info = env.step(env.expert_action())
+    assert info["pushed"] and np.linalg.norm(np.array(env.sim.velocity) - before) < 2.0
 
 
 def test_observation_noise_perturbs_state_entries_but_not_the_previous_action():
@@ -153,7 +167,7 @@ def test_ranges_are_drawn_per_episode_for_domain_randomisation():
         env.reset(seed=seed)
         masses.add(env.sim.params.mass)
         assert 0.8 * 0.027 <= env.sim.params.mass <= 1.2 * 0.027
-        assert 0.0 <= np.linalg.norm(env.disturbance.steady_wind) <= 2.0
+        assert 0.0 <= np.linalg.norm(env.episode_disturbance.steady_wind) <= 2.0
     assert len(masses) == 5
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import subprocess
 import sys
@@ -199,3 +200,119 @@ def test_checkers_pass_with_delayed_observations():
     first, _ = env.reset(seed=0)
     second, *_ = env.step(env.action_space.sample())
     assert first["state"] is not second["state"]
+
+
+class _BlowsUpOnce(envs.HoverEnv):
+    """Hover whose physics is forced to diverge (NaN wind -> NaN forces) at one step."""
+
+    def __init__(self, blow_up_at: int = 30, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.blow_up_at = blow_up_at
+        self.total_steps = 0
+
+    def step(self, action):
+        self.total_steps += 1
+        if self.total_steps == self.blow_up_at:
+            self.sim.wind = (math.nan, math.nan, math.nan)
+        return super().step(action)
+
+
+def test_a_diverging_simulation_ends_as_a_crash_with_finite_values():
+    env = _BlowsUpOnce(action="velocity")
+    env.reset(seed=0)
+    for _ in range(env.blow_up_at):
+        obs, reward, terminated, truncated, info = env.step(env.expert_action())
+    assert terminated and info["crashed"] and not info["is_success"]
+    assert np.all(np.isfinite(obs)) and env.observation_space.contains(obs)
+    assert math.isfinite(reward) and reward < -5
+    assert math.isfinite(info["distance_to_goal"]) and env.sim.finite()
+    obs, _ = env.reset(seed=1)  # the next episode flies normally
+    for _ in range(60):
+        obs, *_ = env.step(env.expert_action())
+    assert np.all(np.isfinite(obs)) and env.sim.position[2] > 0.2
+
+
+def test_sb3_ppo_keeps_training_through_a_diverging_episode():
+    from stable_baselines3 import PPO
+
+    env = _BlowsUpOnce(blow_up_at=100)
+    model = PPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=256)
+    assert env.total_steps >= 256
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"render_mode": "human"}, r"unknown render_mode 'human'; allowed: None, 'rgb_array'"),
+    ({"episode_seconds": 1e-9}, r"episode_seconds must be .* at least one control step "
+                                r"\(1/48 s\), got 1e-09"),
+    ({"episode_seconds": -1.0}, r"episode_seconds .* got -1.0"),
+    ({"params": {"motor_tau": 0}}, r"params motor_tau=0: must be a finite number > 0"),
+    ({"params": {"mass_kg": 0.03}}, r"unknown params key\(s\) \['mass_kg'\]; allowed: \['mass'"),
+    ({"disturbances": {"latency": "fast"}}, r"disturbance latency='fast': expected a number"),
+    ({"disturbances": {"wind": "1e3"}}, r"disturbance wind='1e3' out of range: allowed \[0.0, 20.0\]"),
+    ({"ctrl_freq": 48.5}, r"ctrl_freq must be a positive whole number of Hz, got 48.5"),
+])
+def test_bad_constructor_arguments_fail_before_a_pybullet_client_exists(kwargs, message,
+                                                                        monkeypatch):
+    def no_client(*args, **kw):
+        raise AssertionError("a PyBullet client was created before the arguments were checked")
+
+    monkeypatch.setattr(p, "connect", no_client)
+    with pytest.raises(ValueError, match=message):
+        envs.HoverEnv(**kwargs)
+
+
+def test_numeric_strings_whole_float_rates_and_param_dicts_are_accepted():
+    env = envs.HoverEnv(ctrl_freq=48.0, pyb_freq=240.0, params={"mass": 0.03},
+                        disturbances={"latency": "1e1", "mass": ["0.9", "1.1"]})
+    assert env.ctrl_freq == 48 and isinstance(env.ctrl_freq, int)
+    assert env.params.mass == 0.03 and env.disturbance_levels.latency == 10.0
+    assert env.disturbance_levels.mass == (0.9, 1.1)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    env.close()
+
+
+def test_using_a_closed_env_raises_a_clear_runtime_error():
+    env = envs.HoverEnv()
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(RuntimeError, match="HoverEnv is closed"):
+        env.step(env.action_space.sample())
+    with pytest.raises(RuntimeError, match="HoverEnv is closed"):
+        env.reset(seed=0)
+
+
+def test_envs_dropped_without_close_release_their_pybullet_clients():
+    clients = []
+    for _ in range(30):
+        env = gym.make("LiquidDrones/Waypoints-v0")
+        env.reset(seed=0)
+        clients.append(env.unwrapped.sim.client)
+        del env
+    gc.collect()
+    assert not any(p.isConnected(physicsClientId=c) for c in clients)
+
+
+def _documented_rows(env_cls) -> list[list[str]]:
+    """The rows of the observation table in the class docstring, as cells."""
+    section = env_cls.__doc__.split("## Observation Space")[1].split("##")[0]
+    lines = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+@pytest.mark.parametrize("env_cls", [envs.HoverEnv, envs.WaypointsEnv, envs.ForestEnv,
+                                     envs.FollowEnv])
+def test_documented_observation_tables_match_the_real_layout(env_cls):
+    env = env_cls()
+    layout = env.observation_layout
+    rows = _documented_rows(env_cls)
+    assert len(rows) == len(layout)
+    start = 0
+    for (index, meaning, unit, bound, noise), field in zip(rows, layout):
+        end = start + field.size - 1
+        assert index in (f"{start}-{end}", f"{start}-"), (index, field)
+        assert (meaning, unit) == (field.meaning, field.unit)
+        assert float(bound) == field.bound and float(noise) == pytest.approx(field.noise_std)
+        start = end + 1
+    assert start == env.observation_space.shape[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -26,7 +27,8 @@ def test_crazyflie_figures_follow_from_the_constants():
     assert 4 * CRAZYFLIE.max_rotor_thrust == pytest.approx(0.595, abs=1e-3)
 
 
-def test_drone_free_falls_at_g_with_motors_off(sim):
+def test_drone_free_falls_at_g_with_motors_off_and_no_body_drag():
+    sim = QuadrotorSim(dataclasses.replace(CRAZYFLIE, body_drag_coeff=0.0), 240)
     sim.reset((0.0, 0.0, 10.0))
     steps = 120
     for _ in range(steps):
@@ -36,6 +38,20 @@ def test_drone_free_falls_at_g_with_motors_off(sim):
     assert sim.position[2] == pytest.approx(10.0 - GRAVITY * sim.dt**2 * steps * (steps + 1) / 2,
                                             rel=1e-9)
     assert sim.velocity[0] == sim.velocity[1] == 0.0
+    sim.close()
+
+
+@pytest.mark.parametrize("wind", [0.0, 3.0])
+def test_body_drag_grows_with_the_square_of_the_relative_airspeed(sim, wind):
+    decelerations = []
+    for airspeed in (2.0, 4.0):  # rotors stopped: no rotor drag, only body drag
+        sim.reset((0.0, 0.0, 10.0), velocity=(wind + airspeed, 0.0, 0.0))
+        sim.wind = (wind, 0.0, 0.0)
+        sim.step((0.0, 0.0, 0.0, 0.0))
+        decelerations.append((wind + airspeed - sim.velocity[0]) / sim.dt)
+    assert decelerations[1] / decelerations[0] == pytest.approx(4.0, rel=0.01)
+    # 0.5 * 1.225 kg/m^3 * Cd 3.0 * 4e-4 m^2 * (2 m/s)^2 / 0.027 kg (PyFlyt's cf2x figures)
+    assert decelerations[0] == pytest.approx(0.5 * 1.225 * 3.0 * 4e-4 * 4.0 / 0.027, rel=0.01)
 
 
 def test_rotor_speed_follows_a_first_order_lag(sim):
@@ -65,10 +81,13 @@ def test_wind_drags_the_drone_downwind_through_relative_airspeed(sim):
     hover = (CRAZYFLIE.hover_rpm,) * 4
     sim.reset((0.0, 0.0, 2.0), rpm=CRAZYFLIE.hover_rpm)
     sim.wind = (3.0, 0.0, 0.0)
-    for _ in range(240):
+    sim.step(hover)
+    # Rotor drag 9.18e-7 * 6060 rad/s * 3 m/s = 16.7 mN, body drag 0.5 * 1.225 * 3.0 * 4e-4 *
+    # (3 m/s)^2 = 6.6 mN, on 0.027 kg: 0.86 m/s^2 at first.
+    assert sim.velocity[0] / sim.dt == pytest.approx((16.7e-3 + 6.6e-3) / 0.027, rel=0.02)
+    for _ in range(239):
         sim.step(hover)
-    # Rotor drag ~ 9.18e-7 * 6060 rad/s * 3 m/s = 0.0167 N on 0.027 kg: ~0.6 m/s^2 at first.
-    assert 0.3 < sim.velocity[0] < 0.65
+    assert 0.4 < sim.velocity[0] < 0.9
     assert abs(sim.velocity[1]) < 1e-6
     # Moving with the wind, the drone feels no airspeed and no drag.
     sim.reset((0.0, 0.0, 2.0), velocity=(3.0, 0.0, 0.0), rpm=CRAZYFLIE.hover_rpm)
@@ -149,3 +168,25 @@ def test_resting_on_the_ground_before_take_off_is_not_a_crash():
         _, _, terminated, truncated, info = env.step(-np.ones(4, dtype=np.float32))
         assert not terminated
     assert not info["crashed"]
+
+
+def _torques(rpm):
+    thrust = [CRAZYFLIE.kf * w * w for w in rpm]
+    roll = sum(y * f for y, f in zip(CRAZYFLIE.rotor_y, thrust))
+    yaw = sum(s * CRAZYFLIE.km * w * w for s, w in zip(CRAZYFLIE.yaw_sign, rpm))
+    return sum(thrust), roll, yaw
+
+
+def test_mixer_trades_collective_thrust_to_keep_the_roll_torque_at_saturation():
+    pid = CascadedPID(CRAZYFLIE)
+    pid.set_airborne(True)
+    full = 4 * CRAZYFLIE.max_rotor_thrust
+    roll = 0.1 * CRAZYFLIE.max_rotor_thrust * 4 * 0.028  # N m, a tenth of the roll authority
+    thrust, got_roll, _ = _torques(pid.mix(0.98 * full, roll, 0.0, 0.0))
+    assert got_roll == pytest.approx(roll, rel=1e-6)  # attitude authority kept ...
+    assert thrust < 0.98 * full  # ... by giving up collective thrust
+    # Yaw goes before roll/pitch when both cannot fit.
+    _, got_roll, got_yaw = _torques(pid.mix(0.5 * full, 4 * roll, 0.0, 1e-3))
+    assert got_roll == pytest.approx(4 * roll, rel=1e-6) and 0 < got_yaw < 1e-3
+    # Idle floor: even a zero-thrust request keeps every rotor at idle once airborne.
+    assert min(pid.mix(0.0, 0.0, 0.0, 0.0)) == pytest.approx(CRAZYFLIE.idle_rpm)

@@ -155,8 +155,8 @@ def test_compare_puts_runs_side_by_side_from_one_stress_test(sweep, stress_dir, 
 
 
 def test_parse_axes_and_levels_name_what_is_allowed(agents):
-    assert parse_axes(None, agents) == ["wind", "mass", "motor", "obs_noise", "latency", "ctrl_rate",
-                                        "push", "range"]
+    assert parse_axes(None, agents) == ["wind", "mass", "motor", "motor_lag", "obs_noise", "latency",
+                                        "ctrl_rate", "push", "range"]
     with pytest.raises(StressError, match="unknown axis 'gale'.*allowed: wind, mass"):
         parse_axes(["wind,gale"], agents)
     with pytest.raises(StressError, match="unknown axis 'density'"):
