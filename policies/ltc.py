@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from policies import native
-from policies.core import RecurrentCore
+from policies.core import MIN_ELAPSED, RecurrentCore
 from policies.wiring import AutoNCP, FullyConnected, Wiring, as_wiring
 
 # Uniform initialisation ranges of the LTC paper (also used by ncps).
@@ -43,7 +43,6 @@ INIT_RANGES = {
     "sigma": (3.0, 8.0),
     "mu": (0.3, 0.8),
 }
-MIN_ELAPSED = 1e-6  # s; a zero step (e.g. sequence padding) would make cm/h infinite
 
 
 def _one_hot(index: np.ndarray, size: int) -> Tensor:
