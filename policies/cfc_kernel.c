@@ -18,37 +18,6 @@
  */
 #include "kernel_common.h"
 
-#define BLOCK 32 /* output columns kept in registers by matvec */
-
-/* out[0:K] += x[0:N] M, M [N][K] with row stride ld: blocks of BLOCK outputs accumulate in registers. */
-static void matvec(int N, int K, int64_t ld, const REAL *restrict x, const REAL *restrict M, REAL *restrict out) {
-    int j0 = 0;
-    for (; j0 + BLOCK <= K; j0 += BLOCK) {
-        REAL acc[BLOCK];
-        for (int j = 0; j < BLOCK; j++) acc[j] = out[j0 + j];
-        for (int n = 0; n < N; n++) {
-            const REAL s = x[n];
-            const REAL *restrict row = M + n * ld + j0;
-            for (int j = 0; j < BLOCK; j++) acc[j] += s * row[j];
-        }
-        for (int j = 0; j < BLOCK; j++) out[j0 + j] = acc[j];
-    }
-    for (int n = 0; n < N; n++)
-        for (int j = j0; j < K; j++) out[j] += x[n] * M[n * ld + j];
-}
-
-/* out[0:N] += M x[0:K], M [N][K] with row stride ld: one dot product per output. The backward
- * passes of the wired layers use it with the forward weights, since their outputs (a layer's
- * neurons) are fewer than BLOCK and their inputs (4 heads per neuron) are many. */
-static void matvec_t(int N, int K, int64_t ld, const REAL *restrict x, const REAL *restrict M, REAL *restrict out) {
-    for (int n = 0; n < N; n++) {
-        const REAL *restrict row = M + n * ld;
-        REAL sum = 0;
-        for (int k = 0; k < K; k++) sum += row[k] * x[k];
-        out[n] += sum;
-    }
-}
-
 /* The update of n neurons from heads [4n]: writes tanh f1, tanh f2, the gate, ta and h'. */
 static void update(int n, int gated, REAL dt, const REAL *restrict heads, REAL *restrict t1, REAL *restrict t2,
                    REAL *restrict g, REAL *restrict ta, REAL *restrict out) {

@@ -1,5 +1,5 @@
-"""The C kernels (policies/ltc_kernel.c, policies/cfc_kernel.c via policies/native.py) against
-the PyTorch paths of the same cores (the CfC's: the equation step by step and the fused pass)."""
+"""The C kernels (policies/{ltc,cfc,gru}_kernel.c via policies/native.py) against the PyTorch paths
+of the same cores (the CfC's: the equation step by step and the fused pass; the GRU's: torch.nn.GRU)."""
 
 import copy
 
@@ -32,7 +32,7 @@ def _batch(core, steps=20, batch=4):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", ["ltc", "ncp-ltc", "cfc", "ncp-cfc"])
+@pytest.mark.parametrize("name", ["ltc", "ncp-ltc", "cfc", "ncp-cfc", "gru"])
 def test_the_kernels_compile_here_and_the_cores_use_them(name, dtype):
     core = build_core(name, 3).to(dtype)
     assert native.load_kernel(core.kernel_source, dtype) is not None
@@ -55,7 +55,8 @@ CASES = [("ltc", {"hidden_size": 9}), ("ncp-ltc", {"units": 14, "output_size": 3
          ("cfc", {"hidden_size": 8, "backbone_units": 12}),
          ("cfc", {"hidden_size": 7, "backbone_units": 10, "mode": "no_gate", "backbone_activation": "tanh"}),
          ("ncp-cfc", {"units": 14, "output_size": 3}),
-         ("ncp-cfc", {"units": 19, "output_size": 5, "mode": "no_gate"})]
+         ("ncp-cfc", {"units": 19, "output_size": 5, "mode": "no_gate"}),
+         ("gru", {"hidden_size": 6}), ("gru", {"hidden_size": 37})]
 
 
 @pytest.mark.parametrize("name,kwargs", CASES)
