@@ -55,7 +55,7 @@ def cfc_update(heads: Tensor, elapsed: Tensor, mode: str, tau: Tensor | None = N
 
 
 class StackedCfC(RecurrentCore):
-    """Shared step, readout and training pass of :class:`CfC` and :class:`WiredCfC`.
+    """Shared step and training-pass choice of :class:`CfC` and :class:`WiredCfC`.
 
     Subclasses set ``mode``, ``activation``, ``dropout``, ``layer_sizes`` (neurons per layer),
     ``widths`` (width of ``pre_l`` per layer) and ``backbone_depth``, and implement :meth:`derive`

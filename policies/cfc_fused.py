@@ -6,7 +6,8 @@ It runs ``out=`` and in-place ops on ``[T, B, ...]`` buffers carved from one all
 backward step of the update is one product with coefficients computed for all steps at once, and
 each weight gradient is one matmul over all ``T * B`` rows at the end. It computes what
 :func:`policies.cfc.cfc_update` and :meth:`policies.cfc.StackedCfC.step` compute, step by step;
-tests/test_cores.py pins the two together (outputs and gradients, and gradcheck).
+tests pin it to ncps (test_ncps_parity.py), to the C kernel (test_native_kernels.py) and to
+finite differences (gradcheck in test_cores.py).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from policies import build_core, cfc_native, native
+from policies import build_core, cfc_native, gru_native, native
 from policies.cfc import DENSE_KERNEL_MAX_BATCH
+from policies.rnn import GRU_KERNEL_MAX_BATCH
 from policies.ltc import KERNEL_SOURCE
 
 
@@ -117,6 +118,19 @@ def test_wired_cfc_kernel_trains_every_batch_size_and_rollout_steps_use_pytorch(
     assert len(calls) == 2
     with torch.no_grad():
         core(torch.randn(1, 8, 3), core.initial_state(8))
+    assert len(calls) == 2
+
+
+def test_gru_kernel_trains_batches_up_to_its_limit_and_rollout_steps_use_torch(monkeypatch):
+    calls = []
+    apply = gru_native.GRUSequence.apply
+    monkeypatch.setattr(gru_native.GRUSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    core = build_core("gru", 3, hidden_size=5)
+    for batch in (1, GRU_KERNEL_MAX_BATCH, GRU_KERNEL_MAX_BATCH + 1):
+        core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
+    assert len(calls) == 2
+    with torch.no_grad():
+        core(torch.randn(4, 2, 3), core.initial_state(2))
     assert len(calls) == 2
 
 
