@@ -18,8 +18,9 @@ The loop over time is written once, here. A core contributes three small pieces:
 
 Cores with a fused multi-step kernel (LSTM, GRU) override :meth:`RecurrentCore.run` instead of
 ``step``; the loop then hands them whole stretches of the sequence without episode starts.
-Cores with a C kernel (LTC, CfC: ``kernel_source``) use it through :meth:`RecurrentCore.kernel`
-in their ``run``; ``core.native = False`` keeps them on their PyTorch path (same numbers).
+Cores with a C kernel (LTC, CfC, NCP-wired CfC, GRU: ``kernel_source``) use it through
+:meth:`RecurrentCore.kernel` in their ``run``; ``core.native = False`` keeps them on their PyTorch
+path (same numbers).
 """
 
 from __future__ import annotations
