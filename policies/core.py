@@ -1,4 +1,5 @@
-"""The recurrent-core interface, its single sequence loop, and ``build_core``.
+"""The recurrent-core interface and its single sequence loop (the registry of cores by name is
+:mod:`policies.registry`).
 
 Every memory a policy can use — none (``mlp``), LSTM, GRU, CfC, LTC, and their NCP-wired
 variants — is a :class:`RecurrentCore`: a module that maps an input sequence ``[T, B, F]`` and a
@@ -17,21 +18,25 @@ The loop over time is written once, here. A core contributes three small pieces:
 
 Cores with a fused multi-step kernel (LSTM, GRU) override :meth:`RecurrentCore.run` instead of
 ``step``; the loop then hands them whole stretches of the sequence without episode starts.
-Cores with a C kernel (LTC, CfC: ``kernel_source``) use it through :meth:`RecurrentCore.kernel`
-in their ``run``; ``core.native = False`` keeps them on their PyTorch path (same numbers).
+Cores with a C kernel (LTC, CfC, NCP-wired CfC, GRU: ``kernel_source``) use it through
+:meth:`RecurrentCore.kernel` in their ``run``; ``core.native = False`` keeps them on their PyTorch
+path (same numbers).
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from policies import native
 
-CORE_NAMES = ("mlp", "lstm", "gru", "cfc", "ltc", "ncp-cfc", "ncp-ltc")
+#: Smallest step duration a time-aware core integrates over, in seconds. Padded steps of a training
+#: batch carry a zero duration (they are masked out of the loss) and the LTC divides by the
+#: duration. 1e-4 s is 40x below the shortest real step (one 240 Hz physics step, 4.2e-3 s) and
+#: keeps the LTC's cm/h below ~3e4, well inside float32's precision next to potentials of order 1.
+MIN_ELAPSED = 1e-4
 
 
 class RecurrentCore(nn.Module):
@@ -188,55 +193,3 @@ class RecurrentCore(nn.Module):
 
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, output_size={self.output_size}, state_size={self.state_size}"
-
-
-def _factories() -> dict[str, Callable[..., RecurrentCore]]:
-    from policies import cfc, ltc, rnn  # late import: those modules subclass RecurrentCore
-
-    return {
-        "mlp": rnn.NoCore,
-        "lstm": rnn.LSTM,
-        "gru": rnn.GRU,
-        "cfc": cfc.CfC,
-        "ltc": ltc.build_ltc,
-        "ncp-cfc": cfc.build_ncp_cfc,
-        "ncp-ltc": ltc.build_ncp_ltc,
-    }
-
-
-def core_arguments(name: str) -> dict[str, Any]:
-    """Keyword arguments accepted by ``build_core(name, ...)`` with their defaults."""
-    factories = _factories()
-    if name not in factories:
-        raise ValueError(f"unknown core {name!r}; allowed: {', '.join(CORE_NAMES)}")
-    parameters = inspect.signature(factories[name]).parameters.values()
-    return {p.name: p.default for p in parameters if p.name != "input_size"}
-
-
-def build_core(name: str, input_size: int, **kwargs: Any) -> RecurrentCore:
-    """Build a recurrent core by name.
-
-    =========  =====================================================================================
-    name       keyword arguments (defaults)
-    =========  =====================================================================================
-    mlp        none — identity, output = input, state size 0
-    lstm       hidden_size=64 (state packs h and c: size 2 * hidden_size)
-    gru        hidden_size=64
-    cfc        hidden_size=64, mode="default" ("default" | "no_gate" | "pure"), backbone_units=128,
-               backbone_layers=1, backbone_activation="lecun_tanh", backbone_dropout=0.0
-    ltc        hidden_size=32, ode_unfolds=6, seed=1111 (fully connected wiring, all units output)
-    ncp-cfc    units=32, output_size=8, sparsity=0.5, seed=22222, mode="default", wiring=None
-    ncp-ltc    units=32, output_size=8, sparsity=0.5, seed=22222, ode_unfolds=6, wiring=None
-    =========  =====================================================================================
-
-    ``ncp-*`` build an :class:`~policies.wiring.AutoNCP` wiring from ``units`` (total neurons),
-    ``output_size`` (motor neurons = outputs), ``sparsity`` and ``seed``, unless ``wiring`` (a
-    :class:`~policies.wiring.Wiring` or its ``to_dict()``) is given.
-
-    :raises ValueError: unknown name or keyword argument (the message lists the allowed ones)
-    """
-    allowed = core_arguments(name)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown argument(s) {unknown} for core {name!r}; allowed: {sorted(allowed)}")
-    return _factories()[name](input_size, **kwargs)

@@ -14,6 +14,10 @@
  */
 #include "kernel_common.h"
 
+/* Below this batch the loops run over the synapses of one sample (vectorised over synapses: a PPO
+ * minibatch holds a few sequences), from it over the batch of one synapse. */
+#define SMALL_BATCH 8
+
 /* Synapse activations of one unfold: act [S][B] from potentials v [N][B]. */
 static void activations(int B, int S, const REAL *restrict v, const int64_t *restrict pre,
                         const REAL *restrict gain, const REAL *restrict offset, REAL *restrict act) {
@@ -25,23 +29,42 @@ static void activations(int B, int S, const REAL *restrict v, const int64_t *res
     }
 }
 
-/* One unfold from v to out; den receives the denominator, num is scratch ([N][B] each). */
+/* The synapse activations of sample b alone: act [S] from potentials v [N][B]. */
+static void sample_activations(int B, int S, int b, const REAL *restrict v, const int64_t *restrict pre,
+                               const REAL *restrict gain, const REAL *restrict offset, REAL *restrict act) {
+    for (int s = 0; s < S; s++) act[s] = gain[s] * v[pre[s] * B + b] + offset[s];
+    for (int s = 0; s < S; s++) act[s] = sigmoid(act[s]);
+}
+
+/* One unfold from v to out; den receives the denominator, num is scratch ([N][B] each), and so
+ * is act ([S], small batches). */
 static void unfold(int B, int N, int S, const REAL *restrict v, const REAL *restrict drive,
                    const REAL *restrict cm_t, const int64_t *restrict pre, const int64_t *restrict post,
                    const REAL *restrict gain, const REAL *restrict offset, const REAL *restrict w_erev,
-                   const REAL *restrict w, REAL *restrict num, REAL *restrict den, REAL *restrict out) {
+                   const REAL *restrict w, REAL *restrict num, REAL *restrict den, REAL *restrict act,
+                   REAL *restrict out) {
     const int64_t size = (int64_t)N * B;
     memcpy(num, drive, sizeof(REAL) * size);
     memcpy(den, drive + size, sizeof(REAL) * size);
-    for (int s = 0; s < S; s++) {
-        const REAL *restrict vp = v + pre[s] * B;
-        REAL *restrict nq = num + post[s] * B;
-        REAL *restrict dq = den + post[s] * B;
-        const REAL g = gain[s], c = offset[s], wn = w_erev[s], wd = w[s];
+    if (B < SMALL_BATCH) {
         for (int b = 0; b < B; b++) {
-            const REAL a = sigmoid(g * vp[b] + c);
-            nq[b] += wn * a;
-            dq[b] += wd * a;
+            sample_activations(B, S, b, v, pre, gain, offset, act);
+            for (int s = 0; s < S; s++) {
+                num[post[s] * B + b] += w_erev[s] * act[s];
+                den[post[s] * B + b] += w[s] * act[s];
+            }
+        }
+    } else {
+        for (int s = 0; s < S; s++) {
+            const REAL *restrict vp = v + pre[s] * B;
+            REAL *restrict nq = num + post[s] * B;
+            REAL *restrict dq = den + post[s] * B;
+            const REAL g = gain[s], c = offset[s], wn = w_erev[s], wd = w[s];
+            for (int b = 0; b < B; b++) {
+                const REAL a = sigmoid(g * vp[b] + c);
+                nq[b] += wn * a;
+                dq[b] += wd * a;
+            }
         }
     }
     for (int64_t i = 0; i < size; i++) out[i] = (num[i] + cm_t[i] * v[i]) / den[i];
@@ -52,7 +75,7 @@ static void unfold(int B, int N, int S, const REAL *restrict v, const REAL *rest
  *   v0 [N][B]; drive [T][2N][B] (numerator rows, then denominator rows); cm_t [T][N][B]
  *   potential [T*K+1][N][B] receives the input of every unfold, then the final output
  *   denominator [T*K][N][B] receives every unfold's denominator
- *   scratch [N][B]
+ *   scratch: N*B + S values
  */
 void ltc_forward(int T, int K, int B, int N, int S, const REAL *v0, const REAL *drive, const REAL *cm_t,
                  const int64_t *pre, const int64_t *post, const REAL *gain, const REAL *offset,
@@ -64,7 +87,7 @@ void ltc_forward(int T, int K, int B, int N, int S, const REAL *v0, const REAL *
         for (int k = 0; k < K; k++) {
             const int64_t j = (int64_t)t * K + k;
             unfold(B, N, S, potential + size * j, drive_t, cm_t_t, pre, post, gain, offset, w_erev, w,
-                   scratch, denominator + size * j, potential + size * (j + 1));
+                   scratch, denominator + size * j, scratch + size, potential + size * (j + 1));
         }
     }
 }
@@ -74,7 +97,7 @@ void ltc_forward(int T, int K, int B, int N, int S, const REAL *v0, const REAL *
  *   grad_states [T][N][B]: dL/d(potential after step t)
  *   grad_v0 [N][B], grad_drive [T][2N][B], grad_cm_t [T][N][B]: written
  *   grad_gain, grad_offset, grad_w_erev, grad_w [S]: written
- *   scratch: K*S*B + 4*N*B values
+ *   scratch: K*S*B + 4*N*B + S values (activations: [K][S][B], for small batches [K][B][S])
  * For one unfold v' = (n + c v) / d with upstream gradient g: dL/dn = g/d, dL/dd = -g v'/d,
  * dL/dc = (g/d) v, and dL/dv = c g/d plus the synapse path through the activations.
  */
@@ -84,11 +107,12 @@ void ltc_backward(int T, int K, int B, int N, int S, const REAL *potential, cons
                   REAL *grad_v0, REAL *grad_drive, REAL *grad_cm_t, REAL *grad_gain, REAL *grad_offset,
                   REAL *grad_w_erev, REAL *grad_w, REAL *scratch) {
     const int64_t size = (int64_t)N * B;
-    REAL *act = scratch;                             /* [K][S][B] activations of one step */
+    REAL *act = scratch;                             /* activations of one step */
     REAL *g_num = act + (int64_t)K * S * B;          /* [N][B] dL/dn */
     REAL *g_den = g_num + size;                      /* [N][B] dL/dd */
     REAL *grad = g_den + size;                       /* [N][B] dL/d(output of the unfold) */
     REAL *grad_in = grad + size;                     /* [N][B] dL/d(input of the unfold) */
+    REAL *tmp = grad_in + size;                      /* [S] (small batches) */
     memset(grad_gain, 0, sizeof(REAL) * S);
     memset(grad_offset, 0, sizeof(REAL) * S);
     memset(grad_w_erev, 0, sizeof(REAL) * S);
@@ -101,9 +125,14 @@ void ltc_backward(int T, int K, int B, int N, int S, const REAL *potential, cons
         REAL *restrict g_cm = grad_cm_t + size * t;
         memset(g_drive_num, 0, sizeof(REAL) * 2 * size);
         memset(g_cm, 0, sizeof(REAL) * size);
-        for (int k = 0; k < K; k++)
-            activations(B, S, potential + size * ((int64_t)t * K + k), pre, gain, offset,
-                        act + (int64_t)k * S * B);
+        for (int k = 0; k < K; k++) {
+            const REAL *v = potential + size * ((int64_t)t * K + k);
+            if (B < SMALL_BATCH)
+                for (int b = 0; b < B; b++)
+                    sample_activations(B, S, b, v, pre, gain, offset, act + ((int64_t)k * B + b) * S);
+            else
+                activations(B, S, v, pre, gain, offset, act + (int64_t)k * S * B);
+        }
         for (int k = K - 1; k >= 0; k--) {
             const int64_t j = (int64_t)t * K + k;
             const REAL *restrict v_in = potential + size * j;
@@ -121,26 +150,44 @@ void ltc_backward(int T, int K, int B, int N, int S, const REAL *potential, cons
                 g_cm[i] += n * v_in[i];
                 gv[i] = cm_t_t[i] * n;
             }
-            for (int s = 0; s < S; s++) {
-                const REAL *restrict a = act_k + (int64_t)s * B;
-                const REAL *restrict vp = v_in + pre[s] * B;
-                const REAL *restrict gnq = gn + post[s] * B, *restrict gdq = gd + post[s] * B;
-                REAL *restrict gvp = gv + pre[s] * B;
-                const REAL g = gain[s], wn = w_erev[s], wd = w[s];
-                REAL sum_wn = 0, sum_wd = 0, sum_x = 0, sum_xv = 0;
+            if (B < SMALL_BATCH) {
+                REAL *restrict g_wn = grad_w_erev, *restrict g_wd = grad_w, *restrict g_c = grad_offset;
+                REAL *restrict g_g = grad_gain, *restrict back = tmp;
                 for (int b = 0; b < B; b++) {
-                    const REAL ab = a[b];
-                    sum_wn += ab * gnq[b];
-                    sum_wd += ab * gdq[b];
-                    const REAL gx = (wn * gnq[b] + wd * gdq[b]) * ab * (ONE - ab);
-                    sum_x += gx;
-                    sum_xv += gx * vp[b];
-                    gvp[b] += g * gx;
+                    const REAL *restrict a = act_k + (int64_t)b * S;
+                    for (int s = 0; s < S; s++) {
+                        const REAL gq_n = gn[post[s] * B + b], gq_d = gd[post[s] * B + b], as = a[s];
+                        g_wn[s] += as * gq_n;
+                        g_wd[s] += as * gq_d;
+                        const REAL gx = (w_erev[s] * gq_n + w[s] * gq_d) * as * (ONE - as);
+                        g_c[s] += gx;
+                        g_g[s] += gx * v_in[pre[s] * B + b];
+                        back[s] = gain[s] * gx;
+                    }
+                    for (int s = 0; s < S; s++) gv[pre[s] * B + b] += back[s];
                 }
-                grad_w_erev[s] += sum_wn;
-                grad_w[s] += sum_wd;
-                grad_offset[s] += sum_x;
-                grad_gain[s] += sum_xv;
+            } else {
+                for (int s = 0; s < S; s++) {
+                    const REAL *restrict a = act_k + (int64_t)s * B;
+                    const REAL *restrict vp = v_in + pre[s] * B;
+                    const REAL *restrict gnq = gn + post[s] * B, *restrict gdq = gd + post[s] * B;
+                    REAL *restrict gvp = gv + pre[s] * B;
+                    const REAL g = gain[s], wn = w_erev[s], wd = w[s];
+                    REAL sum_wn = 0, sum_wd = 0, sum_x = 0, sum_xv = 0;
+                    for (int b = 0; b < B; b++) {
+                        const REAL ab = a[b];
+                        sum_wn += ab * gnq[b];
+                        sum_wd += ab * gdq[b];
+                        const REAL gx = (wn * gnq[b] + wd * gdq[b]) * ab * (ONE - ab);
+                        sum_x += gx;
+                        sum_xv += gx * vp[b];
+                        gvp[b] += g * gx;
+                    }
+                    grad_w_erev[s] += sum_wn;
+                    grad_w[s] += sum_wd;
+                    grad_offset[s] += sum_x;
+                    grad_gain[s] += sum_xv;
+                }
             }
             REAL *swap = grad;
             grad = grad_in;

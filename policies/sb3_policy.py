@@ -43,6 +43,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from policies import CORE_NAMES, RecurrentCore, build_core
+from policies.core import MIN_ELAPSED
 
 #: How the critic gets its memory: its own core, the actor's (no gradient from the value loss),
 #: or none (a linear layer on the features).
@@ -50,10 +51,6 @@ CRITIC_MODES = ("separate", "shared", "mlp")
 
 #: Recurrent cores `CorePolicy` accepts (`mlp` has no state: use PPO's MlpPolicy).
 RECURRENT_CORE_NAMES = tuple(name for name in CORE_NAMES if name != "mlp")
-
-#: Smallest step duration handed to a time-aware core, in seconds. Padded steps of a training
-#: batch carry a zero duration; they are masked out of the loss, but LTC divides by the duration.
-MIN_ELAPSED = 1e-4
 
 #: log(sqrt(2 pi)), the constant of the Gaussian log-density (as torch.distributions.Normal has it).
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))

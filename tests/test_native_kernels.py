@@ -1,5 +1,5 @@
-"""The C kernels (policies/ltc_kernel.c, policies/cfc_kernel.c via policies/native.py) against
-the PyTorch paths of the same cores."""
+"""The C kernels (policies/{ltc,cfc,gru}_kernel.c via policies/native.py) against the PyTorch paths
+of the same cores (the CfC's: the equation step by step and the fused pass; the GRU's: torch.nn.GRU)."""
 
 import copy
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from policies import build_core, cfc, native
-from policies.cfc import KERNEL_MAX_BATCH
+from policies import build_core, cfc_native, gru_native, native
+from policies.cfc import DENSE_KERNEL_MAX_BATCH
+from policies.rnn import GRU_KERNEL_MAX_BATCH
 from policies.ltc import KERNEL_SOURCE
 
 
@@ -32,7 +33,7 @@ def _batch(core, steps=20, batch=4):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", ["ltc", "ncp-ltc", "cfc"])
+@pytest.mark.parametrize("name", ["ltc", "ncp-ltc", "cfc", "ncp-cfc", "gru"])
 def test_the_kernels_compile_here_and_the_cores_use_them(name, dtype):
     core = build_core(name, 3).to(dtype)
     assert native.load_kernel(core.kernel_source, dtype) is not None
@@ -47,9 +48,16 @@ def test_cfc_configurations_outside_the_kernel_run_on_pytorch(kwargs):
     assert build_core("cfc", 3, **kwargs).kernel() is None
 
 
+def test_pure_wired_cfc_runs_on_pytorch():
+    assert build_core("ncp-cfc", 3, mode="pure").kernel() is None
+
+
 CASES = [("ltc", {"hidden_size": 9}), ("ncp-ltc", {"units": 14, "output_size": 3}),
          ("cfc", {"hidden_size": 8, "backbone_units": 12}),
-         ("cfc", {"hidden_size": 7, "backbone_units": 10, "mode": "no_gate", "backbone_activation": "tanh"})]
+         ("cfc", {"hidden_size": 7, "backbone_units": 10, "mode": "no_gate", "backbone_activation": "tanh"}),
+         ("ncp-cfc", {"units": 14, "output_size": 3}),
+         ("ncp-cfc", {"units": 19, "output_size": 5, "mode": "no_gate"}),
+         ("gru", {"hidden_size": 6}), ("gru", {"hidden_size": 37})]
 
 
 @pytest.mark.parametrize("name,kwargs", CASES)
@@ -85,14 +93,14 @@ def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path(name, 
     torch.testing.assert_close(finals[0], finals[1], rtol=1e-12, atol=1e-12)
 
 
-def test_cfc_kernel_trains_small_batches_only(monkeypatch):
+def test_dense_cfc_kernel_trains_small_batches_only(monkeypatch):
     """PPO minibatches (a few sequences) train in the kernel; larger batches and rollout steps use
     PyTorch, which is faster there."""
     calls = []
-    apply = cfc._NativeSequence.apply
-    monkeypatch.setattr(cfc._NativeSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    apply = cfc_native.DenseSequence.apply
+    monkeypatch.setattr(cfc_native.DenseSequence, "apply", lambda *args: calls.append(1) or apply(*args))
     core = build_core("cfc", 3, hidden_size=4, backbone_units=6)
-    for batch, expected_calls in [(KERNEL_MAX_BATCH, 1), (KERNEL_MAX_BATCH + 1, 1)]:
+    for batch, expected_calls in [(DENSE_KERNEL_MAX_BATCH, 1), (DENSE_KERNEL_MAX_BATCH + 1, 1)]:
         core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
         assert len(calls) == expected_calls
     with torch.no_grad():
@@ -100,9 +108,45 @@ def test_cfc_kernel_trains_small_batches_only(monkeypatch):
     assert len(calls) == 1
 
 
+def test_wired_cfc_kernel_trains_every_batch_size_and_rollout_steps_use_pytorch(monkeypatch):
+    calls = []
+    apply = cfc_native.WiredSequence.apply
+    monkeypatch.setattr(cfc_native.WiredSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    core = build_core("ncp-cfc", 3, units=10, output_size=2)
+    for batch in (1, 64):
+        core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
+    assert len(calls) == 2
+    with torch.no_grad():
+        core(torch.randn(1, 8, 3), core.initial_state(8))
+    assert len(calls) == 2
+
+
+def test_gru_kernel_trains_batches_up_to_its_limit_and_rollout_steps_use_torch(monkeypatch):
+    calls = []
+    apply = gru_native.GRUSequence.apply
+    monkeypatch.setattr(gru_native.GRUSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    core = build_core("gru", 3, hidden_size=5)
+    for batch in (1, GRU_KERNEL_MAX_BATCH, GRU_KERNEL_MAX_BATCH + 1):
+        core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
+    assert len(calls) == 2
+    with torch.no_grad():
+        core(torch.randn(4, 2, 3), core.initial_state(2))
+    assert len(calls) == 2
+
+
+def test_gradcheck_passes_through_the_wired_cfc_kernel():
+    core = _pair("ncp-cfc", units=9, output_size=2)[0]
+    assert core.kernel() is not None
+    _gradcheck(core)
+
+
 @pytest.mark.parametrize("name,kwargs", [("ncp-ltc", {"units": 7, "output_size": 2}), ("cfc", {"hidden_size": 3, "backbone_units": 4})])
 def test_gradcheck_passes_on_the_pytorch_path(name, kwargs):
-    core = _pair(name, **kwargs)[1]
+    _gradcheck(_pair(name, **kwargs)[1])
+
+
+def _gradcheck(core):
+    """gradcheck of the outputs and final state on inputs, state, elapsed times and every parameter."""
     names = [n for n, _ in core.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in core.parameters())
     x, state, starts, elapsed = _batch(core, steps=3, batch=2)

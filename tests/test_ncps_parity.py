@@ -168,9 +168,11 @@ def _wired_pair(mode):
     return reference, ours
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["kernel", "fused"])
 @pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
-def test_wired_cfc_matches_ncps_once_ncps_unwired_time_gate_weights_are_zero(mode):
+def test_wired_cfc_matches_ncps_once_ncps_unwired_time_gate_weights_are_zero(mode, native):
     reference, ours = _wired_pair(mode)
+    ours.native = native  # the training pass: C kernel (pure mode: fused PyTorch either way) or fused PyTorch
     x, state, _ = _sequence(ours.state_size, seed=4)
     with torch.no_grad():
         for index in range(len(ours.layer_sizes)):

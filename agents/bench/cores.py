@@ -37,6 +37,8 @@ UNITS, MOTOR = 32, 4
 # on this 2-core machine, the setting of a user who just imports both libraries. Both are reported.
 THREADS = (1, 2)
 ROLLOUT_TARGET_US = 200.0
+#: Forward+backward speed-up over ncps each core must reach (ncp-ltc: DESIGN.md; cfc, ncp-cfc: issue #17).
+TRAIN_TARGETS = {"ncp-ltc": 10.0, "cfc": 3.0, "ncp-cfc": 6.0}
 # (row label, our core name and kwargs, matching ncps model or None)
 CASES: tuple[tuple[str, str, dict[str, Any], str | None], ...] = (
     ("mlp", "mlp", {}, None),
@@ -147,7 +149,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             continue
         verdicts = [f"rollout {'OK' if row['rollout_us'] < ROLLOUT_TARGET_US else 'MISSED'} "
                     f"({row['rollout_us']:.0f} us vs < {ROLLOUT_TARGET_US:.0f})"]
-        target = {"ncp-ltc": 10.0, "cfc": 2.0, "ncp-cfc": 2.0}.get(row["core"])
+        target = TRAIN_TARGETS.get(row["core"])
         if target and row["speedup_vs_ncps"] != "":
             verdicts.append(f"train {'OK' if row['speedup_vs_ncps'] >= target else 'MISSED'} "
                             f"({row['speedup_vs_ncps']:.1f}x ncps vs >= {target:.0f}x)")
