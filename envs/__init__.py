@@ -12,12 +12,10 @@ from envs.hover import HoverEnv
 from envs.params import CONTROL_HZ, CRAZYFLIE, PHYSICS_HZ, QuadrotorParams
 from envs.waypoints import WaypointsEnv
 
-ENV_IDS = ("LiquidDrones/Hover-v0", "LiquidDrones/Waypoints-v0", "LiquidDrones/Forest-v0",
-           "LiquidDrones/Follow-v0")
-_ENTRY_POINTS = ("envs.hover:HoverEnv", "envs.waypoints:WaypointsEnv", "envs.forest:ForestEnv",
-                 "envs.follow:FollowEnv")
-
-_CLASSES = dict(zip(ENV_IDS, (HoverEnv, WaypointsEnv, ForestEnv, FollowEnv)))
+#: The tasks, in the order of `ENV_IDS`; a new task is its module plus one entry here.
+TASKS = (HoverEnv, WaypointsEnv, ForestEnv, FollowEnv)
+ENV_IDS = tuple(f"LiquidDrones/{task.__name__.removesuffix('Env')}-v0" for task in TASKS)
+_CLASSES = dict(zip(ENV_IDS, TASKS))
 
 
 def disturbance_axes(env_id: str, kwargs: dict | None = None) -> tuple[str, ...]:
@@ -30,10 +28,10 @@ def disturbance_axes(env_id: str, kwargs: dict | None = None) -> tuple[str, ...]
     return _CLASSES[env_id].axes_with(camera=bool((kwargs or {}).get("camera", False)))
 
 
-for _env_id, _entry in zip(ENV_IDS, _ENTRY_POINTS):
+for _env_id, _task in _CLASSES.items():
     if _env_id not in registry:
         # No TimeLimit wrapper: the envs truncate themselves at `episode_seconds`.
-        register(id=_env_id, entry_point=_entry, disable_env_checker=False)
+        register(id=_env_id, entry_point=f"{_task.__module__}:{_task.__name__}", disable_env_checker=False)
 
-__all__ = ["CONTROL_HZ", "CRAZYFLIE", "ENV_IDS", "disturbance_axes", "FollowEnv", "ForestEnv", "HoverEnv", "PHYSICS_HZ", "QuadrotorParams",
-           "WaypointsEnv"]
+__all__ = ["CONTROL_HZ", "CRAZYFLIE", "ENV_IDS", "TASKS", "FollowEnv", "ForestEnv", "HoverEnv", "PHYSICS_HZ",
+           "QuadrotorParams", "WaypointsEnv", "disturbance_axes"]
