@@ -98,6 +98,19 @@ def replay(step, state_size: int, raw: np.ndarray, starts: np.ndarray) -> np.nda
     return np.array(actions)
 
 
+def assert_batch_steps_as_single_envs(step, state_size: int, raw: np.ndarray) -> None:
+    """A batch of 3 envs (one starting an episode) gives each env's single-env action and state."""
+    rng = np.random.default_rng(2)
+    obs = raw[[10, 40, 70]].astype(np.float32)
+    state = rng.uniform(-0.5, 0.5, (3, state_size)).astype(np.float32)
+    start = np.array([0.0, 1.0, 0.0], dtype=np.float32)
+    actions, states = step(obs, state, start)
+    for i in range(3):
+        action, next_state = step(obs[i : i + 1], state[i : i + 1], start[i : i + 1])
+        np.testing.assert_allclose(actions[i : i + 1], action, rtol=0, atol=TOLERANCE)
+        np.testing.assert_allclose(states[i : i + 1], next_state, rtol=0, atol=TOLERANCE)
+
+
 def state_size(policy) -> int:
     return policy.lstm_actor.state_size if isinstance(policy, CorePolicy) else 0
 
@@ -120,6 +133,7 @@ def test_torchscript_actor_reproduces_the_policy_actions(label, tmp_path):
         return action.numpy(), state.numpy()
 
     np.testing.assert_allclose(replay(step, state_size(policy), raw, starts), expected, rtol=0, atol=TOLERANCE)
+    assert_batch_steps_as_single_envs(step, state_size(policy), raw)
 
 
 @pytest.mark.parametrize("label", CORE_NAMES)  # one variant per core: an ONNX export takes seconds
@@ -134,6 +148,7 @@ def test_onnx_actor_reproduces_the_policy_actions_in_onnxruntime(label, tmp_path
         return session.run(None, {"obs": obs, "state": state, "episode_start": start})
 
     np.testing.assert_allclose(replay(step, state_size(policy), raw, starts), expected, rtol=0, atol=TOLERANCE)
+    assert_batch_steps_as_single_envs(step, state_size(policy), raw)
 
 
 def compiled(source: Path) -> ctypes.CDLL:

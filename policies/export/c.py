@@ -66,7 +66,9 @@ static void matvec(float *y, const float *w, const float *x, int n_out, int n_in
 
 def _float(value: float) -> str:
     """A float32 literal that reads back as exactly ``value`` rounded to float32."""
-    return f"{np.float32(value)}f"
+    number = np.float32(value)
+    text = np.format_float_positional(number, unique=True, trim="0")
+    return (text if len(text) <= 12 else np.format_float_scientific(number, unique=True, trim="0")) + "f"
 
 
 @dataclass
@@ -263,7 +265,10 @@ def _ltc(p: Program, core, x: str, state: str, elapsed: str) -> str:
     cm = _softplus(core.cm) * unfolds
     w = _softplus(core.w)
     base_num, base_den, cm_t, num, den = (p.scratch(name, units) for name in ("base_num", "base_den", "cm_t", "num", "den"))
-    p.line(f"const float h = {elapsed} < {_float(1e-6)} ? {_float(1e-6)} : {elapsed};")
+    if elapsed == "dt":  # a zero step would make cm/h infinite (as policies/ltc.py clamps it)
+        p.line(f"const float h = dt < {_float(1e-6)} ? {_float(1e-6)} : dt;")
+    else:
+        p.line(f"const float h = {elapsed};")
     p.line(f"for (int i = 0; i < {units}; ++i) {{")
     p.line(f"    cm_t[i] = {p.const('ltc_cm', cm)}[i] / h;")
     p.line(f"    base_num[i] = {p.const('ltc_gleak_vleak', gleak * core.vleak.double())}[i];")
