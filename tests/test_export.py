@@ -25,6 +25,7 @@ from agents.train import build_model, make_vec_env, normalize, uses_time_input
 from policies.encoders import ConvStateEncoder
 from policies import CORE_NAMES
 from policies.export import FORMATS, NormStats, c_footprint, export_actor
+from policies.export.footprint import instructions_per_step
 from policies.sb3_policy import CorePolicy
 
 TOLERANCE = 1e-5
@@ -239,12 +240,15 @@ def footprint_table() -> str:
         venv = make_vec_env(config, 1, seed=0, time_input=time_input)
         model = build_model(config, venv, None, time_input)
         size = venv.observation_space.shape[0]
-        report = c_footprint(model.policy, NormStats(np.zeros(size), np.ones(size), raw_last=time_input))
+        norm = NormStats(np.zeros(size), np.ones(size), raw_last=time_input)
+        report = c_footprint(model.policy, norm)
+        report["x86_instructions"] = instructions_per_step(model.policy, norm) or "no valgrind"
         venv.close()
         rows.append((f"{core} {json.dumps(config.policy.core_kwargs)}", report))
     keys = list(rows[0][1])
     lines = [" | ".join(["core", *keys]), " | ".join(["---"] * (len(keys) + 1))]
-    lines += [" | ".join([name, *(f"{report[key]:,}" for key in keys)]) for name, report in rows]
+    lines += [" | ".join([name, *(f"{report[key]:,.0f}" if isinstance(report[key], (int, float)) else report[key]
+                                  for key in keys)]) for name, report in rows]
     return "\n".join(lines)
 
 

@@ -5,14 +5,17 @@
 compiler; an ARM build differs in code bytes (Thumb-2 is denser) but not in weight bytes.
 
 Cycle estimate for a Cortex-M4F such as the Crazyflie's STM32F405 (168 MHz, single-precision
-FPU): ``CYCLES_PER_MAC`` per multiply-accumulate (two loads, ``VMLA.F32`` and loop overhead at
--Os), ``CYCLES_PER_TRANSCENDENTAL`` per ``expf``/``tanhf``/``erff`` (newlib's float versions take
-~100-150 cycles) and ``CYCLES_PER_DIVISION`` per ``VDIV.F32``. It is an estimate, not a measurement.
+FPU, in-order, about one instruction per cycle; ``VMLA.F32`` 3, ``VDIV.F32`` 14 cycles):
+``CYCLES_PER_MAC`` per multiply-accumulate (two loads, the multiply-add, index and branch: the
+host build runs ~7.5 instructions per MAC at -Os, see `instructions_per_step`),
+``CYCLES_PER_TRANSCENDENTAL`` per ``expf``/``tanhf``/``erff`` (newlib's float versions, assumed)
+and ``CYCLES_PER_DIVISION`` per division. It is an estimate, not a measurement on the chip.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,8 +26,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from policies.export.actor import NormStats, actor_parts
 from policies.export.c import export_c, program
 
-CYCLES_PER_MAC = 5
-CYCLES_PER_TRANSCENDENTAL = 120
+CYCLES_PER_MAC = 8
+CYCLES_PER_TRANSCENDENTAL = 100
 CYCLES_PER_DIVISION = 14
 CLOCK_HZ = 168e6  # STM32F405
 
@@ -76,3 +79,39 @@ def c_footprint(policy: ActorCriticPolicy, norm: NormStats | None = None) -> dic
         "cycles_m4": cycles,
         "microseconds_168mhz": round(cycles / CLOCK_HZ * 1e6, 1),
     }
+
+
+#: A program stepping the exported actor ``argv[1]`` times from a fixed observation.
+_DRIVER = r"""#include "actor.h"
+#include <stdlib.h>
+int main(int argc, char **argv)
+{
+    float state[ACTOR_STATE_SIZE + 1], obs[ACTOR_OBS_SIZE], action[ACTOR_ACTION_SIZE];
+    int steps = argc > 1 ? atoi(argv[1]) : 1;
+    for (int i = 0; i < ACTOR_OBS_SIZE; ++i) obs[i] = 0.1f * (float)(i % 7) - 0.3f;
+    obs[ACTOR_OBS_SIZE - 1] = 1.0f / 48.0f;
+    actor_reset(state);
+    for (int t = 0; t < steps; ++t) actor_step(state, obs, action);
+    return action[0] > 1e30f;
+}
+"""
+
+
+def instructions_per_step(policy: ActorCriticPolicy, norm: NormStats | None = None) -> float | None:
+    """Host instructions of one C step (valgrind's callgrind, ``-Os``, the host libm): the
+    difference between 200 and 100 steps, over 100. None without valgrind."""
+    if shutil.which("valgrind") is None:
+        return None
+    counts = []
+    with tempfile.TemporaryDirectory() as folder:
+        source = export_c(actor_parts(policy), norm, Path(folder))[0]
+        (source.parent / "main.c").write_text(_DRIVER)
+        program_path = source.parent / "main"
+        subprocess.run([os.environ.get("CC", "cc"), "-std=c99", "-Os", "-o", str(program_path), "main.c",
+                        source.name, "-lm"], check=True, capture_output=True, cwd=folder)
+        for steps in (100, 200):
+            out = source.parent / f"callgrind.{steps}"
+            subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(program_path),
+                            str(steps)], check=True, capture_output=True)
+            counts.append(int(re.search(r"^summary: (\d+)", out.read_text(), re.M).group(1)))
+    return (counts[1] - counts[0]) / 100
