@@ -35,6 +35,7 @@ VARIANTS = {
     "mlp": ("mlp", {}, {}),
     "lstm": ("lstm", {"hidden_size": 16}, {}),
     "gru": ("gru", {"hidden_size": 16}, {}),
+    "gru-elu-head": ("gru", {"hidden_size": 16}, {"policy.activation": "elu", "policy.net_arch": "[16, 16]"}),
     "cfc": ("cfc", {"hidden_size": 16, "backbone_units": 32}, {}),
     "cfc-no_gate": ("cfc", {"hidden_size": 16, "backbone_units": 32, "mode": "no_gate"}, {}),
     "cfc-pure-2-silu": ("cfc", {"hidden_size": 16, "backbone_units": 32, "mode": "pure", "backbone_layers": 2,

@@ -43,7 +43,7 @@ BACKBONE_ACTIVATIONS = {
     "silu": ("{z} / (1.0f + expf(-{z}))", 1),
     "gelu": ("0.5f * {z} * (1.0f + erff({z} * 0.70710678f))", 1),
 }
-HEAD_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.SiLU: "silu", nn.GELU: "gelu", nn.ELU: "elu"}
+HEAD_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.SiLU: "silu", nn.ELU: "elu"}
 ELU = ("({z} > 0.0f ? {z} : {alpha}f * (expf({z}) - 1.0f))", 1)
 
 HELPERS = {
@@ -275,14 +275,14 @@ def _ltc(p: Program, core, x: str, state: str, elapsed: str) -> str:
     p.line(f"    base_den[i] = {p.const('ltc_gleak', gleak + core.epsilon)}[i] + cm_t[i];")
     p.line("}")
     p.need("sigmoid")
-    _synapses(p, "ltc_sensory", f"{x}[ltc_sensory_pre[s]]", sensory_src, sensory_dst, gain_in, offset_in,
+    _synapses(p, "ltc_sensory", x, sensory_src, sensory_dst, gain_in, offset_in,
               w_in * core.sensory_erev.double(), w_in, "base_num", "base_den")
     p.need("copy")
     p.line(f"for (int unfold = 0; unfold < {unfolds}; ++unfold) {{")
     start = len(p.body)
     p.line(f"copy(num, base_num, {units});")
     p.line(f"copy(den, base_den, {units});")
-    _synapses(p, "ltc", f"{state}[ltc_pre[s]]", src, dst, core.sigma.double(), -core.sigma.double() * core.mu.double(),
+    _synapses(p, "ltc", state, src, dst, core.sigma.double(), -core.sigma.double() * core.mu.double(),
               w * core.erev.double(), w, "num", "den")
     p.line(f"for (int i = 0; i < {units}; ++i) {state}[i] = (num[i] + cm_t[i] * {state}[i]) / den[i];")
     p.body[start:] = ["    " + text for text in p.body[start:]]
@@ -296,12 +296,13 @@ def _ltc(p: Program, core, x: str, state: str, elapsed: str) -> str:
     return out
 
 
-def _synapses(p: Program, tag: str, presynaptic: str, pre, post, gain, offset, w_erev, w, num: str, den: str) -> None:
-    """``a = sigmoid(gain * v_pre + offset)``; ``num[post] += w erev a``, ``den[post] += w a``."""
+def _synapses(p: Program, tag: str, source: str, pre, post, gain, offset, w_erev, w, num: str, den: str) -> None:
+    """For each synapse ``a = sigmoid(gain * source[pre] + offset)``, then ``num[post] += w erev a``
+    and ``den[post] += w a``."""
     count = len(pre)
     if count == 0:
         return
-    p.const(f"{tag}_pre", pre, integer=True)
+    presynaptic = f"{source}[{p.const(tag + '_pre', pre, integer=True)}[s]]"
     p.line(f"for (int s = 0; s < {count}; ++s) {{")
     p.line(f"    float a = sigmoid({p.const(tag + '_gain', gain)}[s] * {presynaptic} + {p.const(tag + '_offset', offset)}[s]);")
     p.line(f"    int post = {p.const(tag + '_post', post, integer=True)}[s];")
@@ -363,7 +364,6 @@ def program(parts: ActorParts, norm: NormStats | None, prefix: str = "actor") ->
         latent = _ltc(p, core, features, "state", elapsed)
     else:
         latent = {"lstm": _lstm, "gru": _gru, "cfc": _cfc, "wired_cfc": _wired_cfc}[kind](p, core, features, "state")
-    linears = [m for m in parts.head if isinstance(m, nn.Linear)]
     for index, module in enumerate(parts.head):
         if isinstance(module, nn.Linear):
             out = p.scratch(f"head{index}", module.out_features)
@@ -377,8 +377,6 @@ def program(parts: ActorParts, norm: NormStats | None, prefix: str = "actor") ->
         else:
             raise ValueError(f"no C export for head layer {type(module).__name__}; "
                              f"allowed: Linear, {', '.join(t.__name__ for t in HEAD_ACTIVATIONS)}")
-    if not linears:
-        raise ValueError("the head has no action layer")
     low, high = p.const("action_low", parts.low), p.const("action_high", parts.high)
     p.line(f"for (int i = 0; i < {parts.action_size}; ++i)")
     p.line(f"    action[i] = {latent}[i] < {low}[i] ? {low}[i] : ({latent}[i] > {high}[i] ? {high}[i] : {latent}[i]);")
