@@ -75,8 +75,9 @@ def recorded(label: str):
     if isinstance(model.policy, CorePolicy):
         model.policy.forget_derived()
     venv.reset()
+    rng = np.random.default_rng(0)
     for _ in range(60):  # statistics away from their initial 0 / 1
-        venv.step(np.random.default_rng(0).uniform(-0.3, 0.3, (1, 4)).astype(np.float32))
+        venv.step(rng.uniform(-0.3, 0.3, (1, 4)).astype(np.float32))
     venv.training = False
     obs, state, start = venv.reset(), None, np.ones(1, dtype=bool)
     raw, starts, actions = [], [], []
