@@ -10,6 +10,7 @@ The file carries ``actor.json`` (sizes, input and output names; see `describe`) 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,7 +38,10 @@ def describe(parts: ActorParts) -> dict:
 def traced(parts: ActorParts, norm: NormStats | None) -> torch.jit.ScriptModule:
     """`ActorStep` traced with a batch of one (the batch size stays free)."""
     step = ActorStep(parts, norm).eval()
-    with torch.no_grad():
+    # The cores' shape checks become constants of the trace: true for every batch size, so their
+    # TracerWarnings say nothing here.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return torch.jit.trace(step, example_inputs(parts), check_trace=False)
 
 
