@@ -193,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "or serial in this process")
     study.add_argument("--address", help="Ray cluster address (with --backend ray; default: a local Ray)")
     study.set_defaults(func=_verb("study"))
+
+    export = verbs.add_parser(
+        "export",
+        help="a run's actor (normalisation + encoder + core + head) as TorchScript, ONNX or plain C99",
+        description="Export the deterministic actor of a finished run with an explicit state in/out: "
+        "torchscript (actor.pt), onnx (actor.onnx; pip install 'liquid-drones[onnx]') or c (actor.c + actor.h, "
+        "float32, no allocation, with footprint.json: flash/RAM bytes and cycles per step). " + TRUST,
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by train")
+    export.add_argument("--format", choices=("torchscript", "onnx", "c"), default="torchscript",
+                        help="artefact format (default torchscript)")
+    export.add_argument("--out", help="output folder (default: RUN_DIR/export-<format>)")
+    export.set_defaults(func=_verb("export"))
     return parser
 
 
