@@ -195,13 +195,13 @@ def _cfc(p: Program, core, x: str, state: str) -> str:
     p.need("copy")
     p.line(f"copy({joined}, {x}, {f});")
     p.line(f"copy({joined} + {f}, {state}, {h});")
-    z, width = joined, f + h
+    z = joined
     activation, cost = BACKBONE_ACTIVATIONS[core.activation]
     for index, layer in enumerate(core.backbone):
         out = p.scratch(f"backbone{index}", layer.out_features)
         p.affine(out, layer.weight, layer.bias, z, f"cfc_backbone{index}")
         p.apply(out, layer.out_features, activation, cost)
-        z, width = out, layer.out_features
+        z = out
     names = _head_names(core.mode)
     heads = p.scratch("heads", len(names) * h)
     weight = torch.cat([core.heads[name].weight for name in names])
