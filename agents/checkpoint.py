@@ -29,6 +29,7 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from agents.config import Config
+from agents.io import umask
 
 MANIFEST = "manifest.json"
 PREFIX = "step_"
@@ -125,6 +126,7 @@ def save_checkpoint(model: BaseAlgorithm, directory: Path, keep: int) -> Checkpo
     step = model.num_timesteps
     final = directory / f"{PREFIX}{step:012d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=directory))
+    os.chmod(tmp, 0o777 & ~umask())  # a checkpoint folder as readable as any new folder (mkdtemp makes 0700)
     try:
         model.save(tmp / "model.zip")
         normalizer = model.get_vec_normalize_env()
