@@ -111,7 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--root", default="runs", help="output root folder")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument("--seed", type=int, help="seed (same as --set train.seed=N)")
+    train.add_argument("--init-from", metavar="RUN_DIR",
+                       help="fine-tune an imitated run: its actor and normalisation, critic warmed up first "
+                       "(default config: that run's)")
     train.set_defaults(func=_verb("train"))
+
+    imitate = verbs.add_parser(
+        "imitate",
+        help="behaviour cloning + DAgger from the env's PID expert (same configs and run folder as train)",
+        description="Clone the env's cascaded-PID expert into runs/<name>/: expert demonstrations, "
+        "sequence behaviour cloning, DAgger rounds (config section imitation.*).",
+        epilog="config keys (--set KEY=VALUE), with their built-in defaults:\n" + describe_schema(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imitate.add_argument("--config", help="config name (e.g. hover, hover-lstm) or YAML file")
+    imitate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, dotted (e.g. --set imitation.dagger_rounds=5); repeatable")
+    imitate.add_argument("--name", help="run folder name under --root (default: <config>-imitate-<timestamp>)")
+    imitate.add_argument("--root", default="runs", help="output root folder")
+    imitate.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    imitate.add_argument("--seed", type=int, help="seed (same as --set train.seed=N)")
+    imitate.set_defaults(func=_verb("imitate"))
 
     evaluate = verbs.add_parser(
         "evaluate",
