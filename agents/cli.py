@@ -31,7 +31,7 @@ def _bench(args: argparse.Namespace) -> None:
             learn.check_learn_configs(configs or ())
         except ValueError as error:
             sys.exit(f"liquid-drones bench learn: {error}")
-        learn.main(out_dir=args.out, quick=args.quick, configs=configs)
+        learn.main(out_dir=args.out, quick=args.quick, configs=configs, method=args.method)
 
 
 def _verb(module: str) -> Callable[[argparse.Namespace], None]:
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--configs", default=None,
                        help="learn only: comma-separated configs <hover|waypoints>-<core> instead of the default "
                        "ncp-cfc, lstm, mlp of both tasks (e.g. hover-gru,waypoints-ltc)")
+    bench.add_argument("--method", choices=("rl", "imitate", "both"), default="rl",
+                       help="learn only: train with RL (default), imitate the PID expert, or both side by side")
     bench.set_defaults(func=_bench)
 
     from agents.config import describe_schema

@@ -203,16 +203,16 @@ class ImitationConfig:
     action_noise: float = _option(0.1, _float(minimum=0.0), "std of Gaussian noise added to the flown actions "
                                   "while collecting (state coverage; labels stay the expert's), action units")
     randomize: bool = _option(True, _bool, "collect under env.kwargs.disturbances ranges (false: nominal)")
-    epochs: int = _option(10, _int(1), "passes over the aggregated dataset per round")
-    batch_sequences: int = _option(16, _int(1), "parallel sequence streams per gradient step")
-    chunk_length: int = _option(64, _int(1), "steps per truncated back-propagation window")
-    learning_rate: float = _option(1e-3, _float(minimum=0.0), "Adam learning rate of the actor")
+    epochs: int = _option(20, _int(1), "passes over the aggregated dataset per round")
+    batch_sequences: int = _option(8, _int(1), "parallel sequence streams per gradient step")
+    chunk_length: int = _option(32, _int(1), "steps per truncated back-propagation window")
+    learning_rate: float = _option(2e-3, _float(minimum=0.0), "Adam learning rate of the actor")
     max_grad_norm: float = _option(1.0, _float(minimum=0.0), "gradient clipping (0: off)")
-    dagger_rounds: int = _option(3, _int(0), "DAgger rounds after behaviour cloning (0: behaviour cloning only)")
+    dagger_rounds: int = _option(4, _int(0), "DAgger rounds after behaviour cloning (0: behaviour cloning only)")
     episodes_per_round: int = _option(32, _int(1), "episodes flown (and labelled by the expert) per DAgger round")
     beta: float = _option(0.5, _float(0.0, 1.0), "DAgger round 1: probability that a step flies the expert's action")
     beta_decay: float = _option(0.5, _float(0.0, 1.0), "beta of round k = beta x beta_decay^(k-1)")
-    eval_every: int = _option(5, _int(0), "evaluate every N epochs (0: only the final evaluation)")
+    eval_every: int = _option(10, _int(0), "evaluate every N epochs (0: only the final evaluation)")
 
 
 @dataclass
