@@ -300,7 +300,10 @@ def fine_tuning_model(config: Config, venv: VecEnv, run_dir: Path, time_input: b
         frozen_actor = actor_parameters(model.policy)
         for parameter in frozen_actor:
             parameter.requires_grad_(False)
+        # At the configured rate throughout (a linear schedule would reach 0 within the warm-up).
+        schedule, model.lr_schedule = model.lr_schedule, lambda _: config.algo.learning_rate
         model.learn(rollouts * config.rollout_size, tb_log_name="critic_warmup")
+        model.lr_schedule = schedule
         for parameter in frozen_actor:
             parameter.requires_grad_(True)
     return model

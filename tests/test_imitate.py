@@ -107,7 +107,7 @@ def test_imitated_run_folder_loads_and_flies_through_evaluate_and_stress(imitate
 
 
 def test_init_from_acts_exactly_like_the_imitated_policy_until_the_first_rl_update(imitated, tmp_path):
-    config = read_run_config(imitated / "config.yaml", [f"train.init_from={imitated}", "train.total_timesteps=768",
+    config = read_run_config(imitated / "config.yaml", [f"train.init_from={imitated}", "train.total_timesteps=1024",
                                                         "eval.freq=0", "eval.final_episodes=0", "checkpoint.freq=0"])
     run = load_run(imitated)
     cloned = load_model(run.config, run.model, imitated)
@@ -130,7 +130,7 @@ def test_init_from_acts_exactly_like_the_imitated_policy_until_the_first_rl_upda
     actor_before = [p.detach().clone() for p in actor_parameters(model.policy)]
     venv.close()
 
-    result = train(config, tmp_path / "tuned", log=lambda _: None)  # warm-up, then RL updates
+    result = train(config, tmp_path / "tuned", log=lambda _: None)  # warm-up, then two RL rollouts
     tuned = load_model(config, (result.run_dir / "model.zip").read_bytes(), result.run_dir)
     after = actor_parameters(tuned.policy)
     assert any(not th.equal(x, y) for x, y in zip(actor_before, after))  # RL did update the actor
