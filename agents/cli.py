@@ -64,6 +64,17 @@ def _add_flight_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="runs", help="output root folder")
 
 
+def _add_run_options(parser: argparse.ArgumentParser, example: str, default_name: str) -> None:
+    """Options of the verbs that write a run folder (train, imitate)."""
+    parser.add_argument("--config", help="config name (e.g. hover, hover-lstm, waypoints-ncp-ltc) or YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, dotted (e.g. --set {example}); repeatable")
+    parser.add_argument("--name", help=f"run folder name under --root (default: {default_name})")
+    parser.add_argument("--root", default="runs", help="output root folder")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    parser.add_argument("--seed", type=int, help="seed (same as --set train.seed=N)")
+
+
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     """Options of the verbs that sweep disturbance levels (stress, compare)."""
     parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders written by train")
@@ -106,13 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config keys (--set KEY=VALUE), with their built-in defaults:\n" + describe_schema(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--config", help="config name (e.g. hover, hover-lstm, waypoints-ncp-ltc) or YAML file")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, dotted (e.g. --set algo.learning_rate=1e-3); repeatable")
-    train.add_argument("--name", help="run folder name under --root (default: <config>-<timestamp>)")
-    train.add_argument("--root", default="runs", help="output root folder")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
-    train.add_argument("--seed", type=int, help="seed (same as --set train.seed=N)")
+    _add_run_options(train, "algo.learning_rate=1e-3", "<config>-<timestamp>")
     train.add_argument("--init-from", metavar="RUN_DIR",
                        help="fine-tune an imitated run: its actor and normalisation, critic warmed up first "
                        "(default config: that run's)")
@@ -126,13 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config keys (--set KEY=VALUE), with their built-in defaults:\n" + describe_schema(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    imitate.add_argument("--config", help="config name (e.g. hover, hover-lstm) or YAML file")
-    imitate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config key, dotted (e.g. --set imitation.dagger_rounds=5); repeatable")
-    imitate.add_argument("--name", help="run folder name under --root (default: <config>-imitate-<timestamp>)")
-    imitate.add_argument("--root", default="runs", help="output root folder")
-    imitate.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
-    imitate.add_argument("--seed", type=int, help="seed (same as --set train.seed=N)")
+    _add_run_options(imitate, "imitation.dagger_rounds=5", "<config>-imitate-<timestamp>")
     imitate.set_defaults(func=_verb("imitate"))
 
     evaluate = verbs.add_parser(

@@ -81,7 +81,9 @@ from agents.train import (
     evaluation_seeds,
     final_evaluation,
     normalize,
+    overrides_of,
     prepare_run_dir,
+    resumed_config,
     run_label,
     write_model_files,
 )
@@ -418,14 +420,11 @@ class Display:
 
 def main(args: Any) -> None:
     """``liquid-drones imitate`` (arguments: see agents/cli.py)."""
-    overrides = list(args.set)
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
+    overrides = overrides_of(args)
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            config = (load_config(args.config, overrides) if args.config
-                      else read_run_config(run_dir / CONFIG_FILE, overrides))
+            config = resumed_config(args, overrides)
         else:
             name = args.config or DEFAULT_CONFIG
             config = load_config(name, overrides)

@@ -403,18 +403,25 @@ def run_label(name: str, config: Config) -> str:
     return label if "-" in label else f"{label}-{config.policy.core}"
 
 
+def overrides_of(args: Any) -> list[str]:
+    """The ``--set`` overrides of a train/imitate command line, with ``--seed`` as train.seed."""
+    return list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+
+
+def resumed_config(args: Any, overrides: list[str]) -> Config:
+    """The config of ``--resume RUN_DIR``: the run's config.yaml, or ``--config`` if given, with the overrides."""
+    if args.config:
+        return load_config(args.config, overrides)
+    return read_run_config(Path(args.resume) / CONFIG_FILE, overrides)
+
+
 def main(args: Any) -> None:
     """``liquid-drones train`` (arguments: see agents/cli.py)."""
-    overrides = list(args.set)
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
+    overrides = overrides_of(args)
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            if args.config:
-                config = load_config(args.config, overrides)
-            else:
-                config = read_run_config(run_dir / CONFIG_FILE, overrides)
+            config = resumed_config(args, overrides)
             preflight(config)
         else:
             if args.init_from:

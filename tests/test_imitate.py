@@ -4,6 +4,7 @@ from the imitated actions exactly, and a killed run resumes the same round with 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -82,7 +83,7 @@ def test_dagger_rounds_add_states_the_learner_flew_and_grow_the_dataset(imitated
     rounds = RowLog.read(imitated / "dagger.csv")
     assert [int(r["round"]) for r in rounds] == [0, 1, 2]
     assert int(rounds[0]["learner_steps"]) == 0  # behaviour cloning: only the expert flew
-    for before, after in zip(rounds, rounds[1:]):
+    for before, after in itertools.pairwise(rounds):
         assert 0 < int(after["learner_steps"]) < int(after["steps"])  # beta 0.5, 0.25: mixed
         assert int(after["dataset_steps"]) == int(before["dataset_steps"]) + int(after["steps"])
     data = Demonstrations.load(list_checkpoints(imitated / "checkpoints")[-1] / DATASET_FILE)
