@@ -19,7 +19,7 @@ import torch as th
 import yaml
 
 from agents.checkpoint import list_checkpoints
-from agents.config import load_config
+from agents.config import ConfigError, load_config
 from agents.demonstrations import Demonstrations
 from agents.evaluate import evaluate
 from agents.flight import agent_of_config, load_agent
@@ -55,6 +55,14 @@ def tiny(core: str, **extra: str) -> list[str]:
         **extra,
     }
     return [f"{key}={value}" for key, value in settings.items()]
+
+
+@pytest.mark.parametrize("override, named", [("imitation.beta=1.5", "imitation.beta"),
+                                              ("imitation.chunk_length=0", "imitation.chunk_length"),
+                                              ("imitation.epoch=3", "imitation.epoch")])
+def test_imitation_keys_are_validated_naming_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config("hover", [override])
 
 
 @pytest.fixture(scope="module")
