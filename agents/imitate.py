@@ -361,13 +361,14 @@ def evaluate(state: Imitation, spec: AgentSpec, disturbances: dict[str, Any], wr
     """A closed-loop evaluation (the runner of training evaluations) into eval.csv and TensorBoard;
     keeps the best model; marks the success target. Returns the best (success, reward) so far."""
     config, progress, run_dir = state.config, state.progress, state.run_dir
-    labels = state.data.steps
+    labels, begun = state.data.steps, time.time()
     episodes = evaluate_model(state.model, state.normalizer, spec, evaluation_seeds(config, config.eval.n_episodes),
                               disturbances, config.eval.deterministic)
     summary = EvalSummary.of(episodes)
     for key in ("success_rate", "crash_rate", "mean_reward", "mean_length"):
         writer.add_scalar(f"eval/{key}", getattr(summary, key), progress.epochs)
     log(f"[eval] epoch {progress.epochs}, {labels:,} expert labels: {summary}")
+    progress.wall_s += time.time() - begun  # eval.csv's wall time includes the evaluation, as train's does
     append_eval_row(run_dir / EVAL_FILE, eval_row(labels, summary, progress.wall_s))
     progress.eval_rows += 1
     if config.train.stop_at_success is not None and summary.success_rate >= config.train.stop_at_success:
