@@ -291,18 +291,21 @@ def imitate(config: Config, run_dir: Path, resume: bool = False, log: Callable[[
     disturbances = config.env.kwargs.get("disturbances") or {}
     collecting = disturbances if config.imitation.randomize else {}
     run_dir.mkdir(parents=True, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    # The event file opens before the demonstrations are recorded, so its time span (`compare`'s
+    # training time) includes them; a resumed session drops the events after its checkpoint.
     if resume:
         state = restore(config, run_dir, time_input)
         log(f"resuming {run_dir} in round {state.progress.round} after epoch {state.progress.epoch_in_round}")
+        writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR / "imitate"), purge_step=state.progress.epochs + 1)
+        if read_run_config(run_dir / CONFIG_FILE) != config:
+            save_config(config, run_dir / CONFIG_FILE)
     else:
         save_config(config, run_dir / CONFIG_FILE)
+        writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR / "imitate"))
         state = start(config, run_dir, spec, collecting, log)
-    if resume and read_run_config(run_dir / CONFIG_FILE) != config:
-        save_config(config, run_dir / CONFIG_FILE)
     progress, cfg = state.progress, config.imitation
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR / "imitate"), purge_step=progress.epochs + 1)
     show = Display(config, progress)
     best = best_so_far(run_dir / EVAL_FILE)
     wall_before = progress.wall_s
