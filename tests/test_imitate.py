@@ -147,8 +147,9 @@ def test_init_from_acts_exactly_like_the_imitated_policy_until_the_first_rl_upda
 
 
 def test_imitation_killed_mid_round_resumes_the_same_round_with_the_same_data(tmp_path):
-    overrides = tiny("lstm", **{"imitation.epochs": "6", "imitation.eval_every": "0",
-                                                  "eval.final_episodes": "0", "imitation.dagger_rounds": "1"})
+    overrides = tiny("lstm", **{"imitation.demo_episodes": "4", "imitation.heldout_episodes": "1",
+                                "imitation.episodes_per_round": "2", "imitation.epochs": "6",
+                                "imitation.eval_every": "0", "eval.final_episodes": "0", "imitation.dagger_rounds": "1"})
     config = load_config("hover-lstm", overrides)
     config_file = tmp_path / "lstm.yaml"
     config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
