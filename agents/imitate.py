@@ -53,7 +53,7 @@ from agents.checkpoint import (
     set_rng_state,
 )
 from agents.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from agents.demonstrations import Demonstrations, collect
+from agents.demonstrations import Demonstrations, Streams, collect
 from agents.flight import AgentSpec, ModelPilot, agent_of_config
 from agents.io import atomic_write, replace_rows, timestamped_name
 from agents.normalization import ObsNormalizer
@@ -148,7 +148,8 @@ class Imitation:
         distribution, state = self.policy.get_distribution(flat, state, starts.transpose(0, 1).reshape(-1))
         return distribution.distribution.mean.reshape(batch, steps, -1).transpose(0, 1), state
 
-    def tensors(self, streams: Any) -> tuple[th.Tensor, ...]:
+    def tensors(self, streams: Streams) -> tuple[th.Tensor, ...]:
+        """Normalised observations ``[T, B, F]``, labels ``[T, B, A]``, starts and mask ``[T, B]``."""
         obs = self.normalizer.normalize_obs(streams.obs.reshape(-1, streams.obs.shape[-1]))
         return (th.as_tensor(obs.reshape(streams.obs.shape)), th.as_tensor(streams.labels),
                 th.as_tensor(streams.starts), th.as_tensor(streams.mask))
