@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch as th
@@ -46,6 +46,8 @@ RESUMABLE_PREFIXES = (
     "train.stop_at_success",
     "train.max_minutes",
     "env.vec_env",
+    "imitation.dagger_rounds",
+    "imitation.eval_every",
     "eval.",
     "checkpoint.",
 )
@@ -120,10 +122,13 @@ class Checkpoint:
         return json.loads((self.path / RNG_FILE).read_text())
 
 
-def save_checkpoint(model: BaseAlgorithm, directory: Path, keep: int) -> Checkpoint:
-    """Write a checkpoint of ``model`` (and its VecNormalize) at its current timestep; keep the newest ``keep``."""
+def save_checkpoint(model: BaseAlgorithm, directory: Path, keep: int, step: int | None = None,
+                    extras: dict[str, Callable[[Path], Any]] | None = None) -> Checkpoint:
+    """Write a checkpoint of ``model`` (and its VecNormalize) at ``step`` (default: its current
+    timestep); keep the newest ``keep``. ``extras`` maps further file names to functions that write
+    them (`agents.imitate` adds its dataset, optimiser and progress)."""
     directory.mkdir(parents=True, exist_ok=True)
-    step = model.num_timesteps
+    step = model.num_timesteps if step is None else step
     final = directory / f"{PREFIX}{step:012d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=directory))
     os.chmod(tmp, 0o777 & ~umask())  # a checkpoint folder as readable as any new folder (mkdtemp makes 0700)
@@ -133,6 +138,8 @@ def save_checkpoint(model: BaseAlgorithm, directory: Path, keep: int) -> Checkpo
         if normalizer is not None:
             normalizer.save(str(tmp / "vecnormalize.pkl"))
         (tmp / RNG_FILE).write_text(json.dumps(rng_state()))
+        for name, write in (extras or {}).items():
+            write(tmp / name)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
         if final.exists():

@@ -31,7 +31,7 @@ def _bench(args: argparse.Namespace) -> None:
             learn.check_learn_configs(configs or ())
         except ValueError as error:
             sys.exit(f"liquid-drones bench learn: {error}")
-        learn.main(out_dir=args.out, quick=args.quick, configs=configs)
+        learn.main(out_dir=args.out, quick=args.quick, configs=configs, method=args.method)
 
 
 def _verb(module: str) -> Callable[[argparse.Namespace], None]:
@@ -83,6 +83,17 @@ def _add_flight_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="runs", help="output root folder")
 
 
+def _add_run_options(parser: argparse.ArgumentParser, example: str, default_name: str) -> None:
+    """Options of the verbs that write a run folder (train, imitate)."""
+    parser.add_argument("--config", help="config name (e.g. hover, hover-lstm, waypoints-ncp-ltc) or YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, dotted (e.g. --set {example}); repeatable")
+    parser.add_argument("--name", help=f"run folder name under --root (default: {default_name})")
+    parser.add_argument("--root", default="runs", help="output root folder")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    parser.add_argument("--seed", type=at_least(0), help="seed (same as --set train.seed=N)")
+
+
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     """Options of the verbs that sweep disturbance levels (stress, compare)."""
     parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run folders written by train")
@@ -111,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--configs", default=None,
                        help="learn only: comma-separated configs <hover|waypoints>-<core> instead of the default "
                        "ncp-cfc, lstm, mlp of both tasks (e.g. hover-gru,waypoints-ltc)")
+    bench.add_argument("--method", choices=("rl", "imitate", "both"), default="rl",
+                       help="learn only: train with RL (default), imitate the PID expert, or both side by side")
     bench.set_defaults(func=_bench)
 
     from agents.config import describe_schema
@@ -124,14 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config keys (--set KEY=VALUE), with their built-in defaults:\n" + describe_schema(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--config", help="config name (e.g. hover, hover-lstm, waypoints-ncp-ltc) or YAML file")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, dotted (e.g. --set algo.learning_rate=1e-3); repeatable")
-    train.add_argument("--name", help="run folder name under --root (default: <config>-<timestamp>)")
-    train.add_argument("--root", default="runs", help="output root folder")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
-    train.add_argument("--seed", type=at_least(0), help="seed (same as --set train.seed=N)")
+    _add_run_options(train, "algo.learning_rate=1e-3", "<config>-<timestamp>")
+    train.add_argument("--init-from", metavar="RUN_DIR",
+                       help="fine-tune an imitated run: its actor and normalisation, critic warmed up first "
+                       "(default config: that run's)")
     train.set_defaults(func=_verb("train"))
+
+    imitate = verbs.add_parser(
+        "imitate",
+        help="behaviour cloning + DAgger from the env's PID expert (same configs and run folder as train)",
+        description="Clone the env's cascaded-PID expert into runs/<name>/: expert demonstrations, "
+        "sequence behaviour cloning, DAgger rounds (config section imitation.*). --resume loads the run's "
+        "checkpoints: " + TRUST,
+        epilog="config keys (--set KEY=VALUE), with their built-in defaults:\n" + describe_schema(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_options(imitate, "imitation.dagger_rounds=5", "<config>-imitate-<timestamp>")
+    imitate.set_defaults(func=_verb("imitate"))
 
     evaluate = verbs.add_parser(
         "evaluate",

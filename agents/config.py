@@ -94,6 +94,10 @@ def _str(key: str, value: Any) -> str:
     return value
 
 
+def _optional_str(key: str, value: Any) -> str | None:
+    return None if value is None else _str(key, value)
+
+
 def _mapping(key: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -176,6 +180,10 @@ class TrainConfig:
                                    "(null: train the full budget)")
     max_minutes: Any = _option(None, _float(minimum=0.0, optional=True),
                                "stop at the first rollout boundary after this many minutes (null: no limit)")
+    init_from: Any = _option(None, _optional_str, "RL only: start from this imitated run folder's actor and "
+                             "normalisation (null: from scratch; `train --init-from`)")
+    critic_warmup_rollouts: int = _option(2, _int(0), "with init_from: rollouts of value-only updates "
+                                          "(actor frozen) before RL updates start")
 
 
 @dataclass
@@ -184,6 +192,27 @@ class EvalConfig:
     n_episodes: int = _option(20, _int(1), "episodes per periodic evaluation")
     final_episodes: int = _option(100, _int(0), "episodes of the final evaluation (0: none)")
     deterministic: bool = _option(True, _bool, "evaluate the mean action")
+
+
+@dataclass
+class ImitationConfig:
+    """`liquid-drones imitate`: behaviour cloning on expert sequences, then DAgger rounds."""
+
+    demo_episodes: int = _option(64, _int(1), "expert episodes of round 0 (behaviour cloning)")
+    heldout_episodes: int = _option(4, _int(1), "further expert episodes never trained on (held-out action error)")
+    action_noise: float = _option(0.1, _float(minimum=0.0), "std of Gaussian noise added to the flown actions "
+                                  "while collecting (state coverage; labels stay the expert's), action units")
+    randomize: bool = _option(True, _bool, "collect under env.kwargs.disturbances ranges (false: nominal)")
+    epochs: int = _option(20, _int(1), "passes over the aggregated dataset per round")
+    batch_sequences: int = _option(8, _int(1), "parallel sequence streams per gradient step")
+    chunk_length: int = _option(32, _int(1), "steps per truncated back-propagation window")
+    learning_rate: float = _option(2e-3, _float(minimum=0.0), "Adam learning rate of the actor")
+    max_grad_norm: float = _option(1.0, _float(minimum=0.0), "gradient clipping (0: off)")
+    dagger_rounds: int = _option(4, _int(0), "DAgger rounds after behaviour cloning (0: behaviour cloning only)")
+    episodes_per_round: int = _option(32, _int(1), "episodes flown (and labelled by the expert) per DAgger round")
+    beta: float = _option(0.5, _float(0.0, 1.0), "DAgger round 1: probability that a step flies the expert's action")
+    beta_decay: float = _option(0.5, _float(0.0, 1.0), "beta of round k = beta x beta_decay^(k-1)")
+    eval_every: int = _option(10, _int(0), "evaluate every N epochs (0: only the final evaluation)")
 
 
 @dataclass
@@ -200,6 +229,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -353,7 +383,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 #: Keys (or prefixes) added after run folders were first written: a run's config.yaml may lack them (their
 #: defaults then apply); every other key must be there.
-LATER_KEYS = ("train.stop_at_success", "train.max_minutes")
+LATER_KEYS = ("train.stop_at_success", "train.max_minutes", "train.init_from", "train.critic_warmup_rollouts",
+              "imitation.")
 
 
 def schema_keys() -> list[str]:

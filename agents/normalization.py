@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.io import write_json
@@ -40,6 +41,17 @@ class StepDurationVecNormalize(VecNormalize):
         restored = super()._unnormalize_obs(obs, obs_rms)
         restored[..., -1] = obs[..., -1]
         return restored
+
+
+class FrozenRunningMeanStd(RunningMeanStd):
+    """Observation statistics that `update` leaves as they are.
+
+    `train --init-from` fine-tunes an imitated actor on the statistics it was cloned with: a
+    VecNormalize holding these keeps normalising with them while its return statistics adapt.
+    """
+
+    def update(self, arr: np.ndarray) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,12 @@ class ObsNormalizer:
         return cls({keys[k]: np.array(v, dtype=np.float64) for k, v in data["mean"].items()},
                    {keys[k]: np.array(v, dtype=np.float64) for k, v in data["var"].items()},
                    float(data["epsilon"]), float(data["clip"]), bool(data["keep_last"]))
+
+    def frozen_statistics(self, key: str | None = None) -> FrozenRunningMeanStd:
+        """These statistics (of ``key`` in a Dict observation) as a never-updated RunningMeanStd."""
+        rms = FrozenRunningMeanStd(shape=self.mean[key].shape)
+        rms.mean, rms.var = self.mean[key].copy(), self.var[key].copy()
+        return rms
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())

@@ -3,7 +3,9 @@
 The run folder it writes is described in `agents.run`. Periodic and final evaluations fly
 through `agents.flight`, the runner of `evaluate` and `stress`, on fixed episode seeds.
 ``train(config, run_dir, resume=True)`` continues a run from its newest checkpoint to the
-configured total number of env steps.
+configured total number of env steps. With ``train.init_from`` (``train --init-from RUN_DIR``)
+RL fine-tunes an imitated run (`agents.imitate`): its actor and observation statistics carried
+over, the critic warmed up first (`fine_tuning_model`).
 
 Note: with ``env.vec_env`` subproc, a script that calls `train` needs the usual
 ``if __name__ == "__main__":`` guard (worker processes re-import the main module).
@@ -63,8 +65,11 @@ from agents.run import (
     MODEL_FILE,
     NORMALIZER_FILE,
     TENSORBOARD_DIR,
+    RunError,
     algorithm_class,
     append_eval_row,
+    load_model,
+    load_run,
     read_eval_rows,
     read_run_config,
     save_config,
@@ -226,7 +231,9 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
     # A resumed run draws new episodes: its envs are seeded past the steps already taken.
     venv = make_vec_env(config, config.env.n_envs, config.train.seed + (ckpt.step if ckpt else 0), time_input)
     try:
-        if ckpt is None:
+        if ckpt is None and config.train.init_from:
+            model = fine_tuning_model(config, venv, run_dir, time_input, log)
+        elif ckpt is None:
             model = build_model(config, normalize(venv, config, time_input), run_dir, time_input)
         else:
             model = restore(ckpt, config, venv, run_dir)
@@ -238,8 +245,8 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
             bar = config.train.progress_bar and sys.stdout.isatty()
             if config.train.progress_bar and not bar:
                 callbacks.callbacks.append(ProgressLines(config.train.total_timesteps))
-            model.learn(remaining, callback=callbacks, tb_log_name="run", reset_num_timesteps=ckpt is None,
-                        progress_bar=bar)
+            model.learn(remaining, callback=callbacks, tb_log_name="run",
+                        reset_num_timesteps=ckpt is None and not config.train.init_from, progress_bar=bar)
             reached = next((c.target_reached_at for c in callbacks.callbacks if isinstance(c, EvalEvery)), None)
             if reached is not None:
                 log(f"success target {config.train.stop_at_success:.0%} reached at step {reached:,}: stopping")
@@ -253,6 +260,68 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
     if final is not None:
         log(f"final evaluation: {final}")
     return TrainResult(run_dir, model.num_timesteps, minutes, final)
+
+
+def actor_parameters(policy: th.nn.Module) -> list[th.nn.Parameter]:
+    """Every parameter the action distribution depends on: the actor's features extractor, its
+    core (`CorePolicy.lstm_actor`), its MLP head, the action layer and the log std."""
+    modules = [policy.pi_features_extractor, getattr(policy, "lstm_actor", None), policy.mlp_extractor.policy_net,
+               policy.action_net]
+    parameters = {id(p): p for m in modules if m is not None for p in m.parameters()}
+    parameters[id(policy.log_std)] = policy.log_std
+    return list(parameters.values())
+
+
+def fine_tuning_model(config: Config, venv: VecEnv, run_dir: Path, time_input: bool,
+                      log: Callable[[str], None] = print) -> BaseAlgorithm:
+    """The RL model of ``config`` starting from the imitated run ``train.init_from``: its actor's
+    weights and its observation statistics, kept fixed while fine-tuning (`FrozenRunningMeanStd`),
+    then ``train.critic_warmup_rollouts`` rollouts of value-only updates (actor frozen). Until
+    the first RL update its actions are the imitated policy's, bit for bit.
+
+    :raise ConfigError: if the source is not a run folder or its policy or env differ from ``config``
+    """
+    source = Path(config.train.init_from)
+    try:
+        run = load_run(source)
+    except RunError as error:
+        raise ConfigError(f"train.init_from: {error}") from None
+    changed = [key for key in ("env.id", "env.normalize_obs", "env.clip_obs", *(f"policy.{k}" for k in
+               config.to_dict()["policy"])) if _dotted(config, key) != _dotted(run.config, key)]
+    if changed:
+        raise ConfigError(f"train.init_from: {source} was trained with a different {', '.join(changed)}; "
+                          f"the policy and its observations must be the same to carry its actor over")
+    venv = normalize(venv, config, time_input)
+    if run.normalizer is not None:
+        key = "state" if isinstance(venv.observation_space, gym.spaces.Dict) else None
+        frozen = run.normalizer.frozen_statistics(key)
+        if key is None:
+            venv.obs_rms = frozen
+        else:
+            venv.obs_rms[key] = frozen
+    model = build_model(config, venv, run_dir, time_input)
+    imitated = load_model(run.config, run.model, source / MODEL_FILE)
+    names = {id(p) for p in actor_parameters(model.policy)}
+    actor = {name for name, p in model.policy.named_parameters() if id(p) in names}
+    model.policy.load_state_dict({k: v for k, v in imitated.policy.state_dict().items() if k in actor}, strict=False)
+    rollouts = config.train.critic_warmup_rollouts
+    if rollouts:
+        log(f"actor and normalisation from {source}; warming the critic up for {rollouts} rollouts")
+        frozen_actor = actor_parameters(model.policy)
+        for parameter in frozen_actor:
+            parameter.requires_grad_(False)
+        # At the configured rate throughout (a linear schedule would reach 0 within the warm-up).
+        schedule, model.lr_schedule = model.lr_schedule, lambda _: config.algo.learning_rate
+        model.learn(rollouts * config.rollout_size, tb_log_name="critic_warmup")
+        model.lr_schedule = schedule
+        for parameter in frozen_actor:
+            parameter.requires_grad_(True)
+    return model
+
+
+def _dotted(config: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
 
 
 def checkpoint_to_resume(config: Config, run_dir: Path) -> Checkpoint:
@@ -309,6 +378,11 @@ def save_run(model: BaseAlgorithm, config: Config, run_dir: Path) -> None:
     checkpoint so that a longer --resume continues here."""
     if config.checkpoint.freq:
         save_checkpoint(model, run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
+    write_model_files(model, run_dir)
+
+
+def write_model_files(model: BaseAlgorithm, run_dir: Path) -> None:
+    """model.zip and, with a VecNormalize, normalization.json and vecnormalize.pkl."""
     atomic_write(run_dir / MODEL_FILE, model.save)
     normalizer = model.get_vec_normalize_env()
     if normalizer is not None:
@@ -334,27 +408,43 @@ def final_evaluation(model: BaseAlgorithm, config: Config, run_dir: Path, wall_t
     return final
 
 
+def run_label(name: str, config: Config) -> str:
+    """The default run name's stem: the config name (a YAML file's stem), with the core if it has none."""
+    label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+    return label if "-" in label else f"{label}-{config.policy.core}"
+
+
+def overrides_of(args: Any) -> list[str]:
+    """The ``--set`` overrides of a train/imitate command line, with ``--seed`` as train.seed."""
+    return list(args.set) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+
+
+def resumed_config(args: Any, overrides: list[str]) -> Config:
+    """The config of ``--resume RUN_DIR``: the run's config.yaml, or ``--config`` if given, with the overrides."""
+    if args.config:
+        return load_config(args.config, overrides)
+    return read_run_config(Path(args.resume) / CONFIG_FILE, overrides)
+
+
 def main(args: Any) -> None:
     """``liquid-drones train`` (arguments: see agents/cli.py)."""
-    overrides = list(args.set)
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
+    overrides = overrides_of(args)
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            if args.config:
-                config = load_config(args.config, overrides)
-            else:
-                config = read_run_config(run_dir / CONFIG_FILE, overrides)
+            config = resumed_config(args, overrides)
             preflight(config)
         else:
-            name = args.config or DEFAULT_CONFIG
-            config = load_config(name, overrides)
+            if args.init_from:
+                overrides.append(f"train.init_from={args.init_from}")
+            if args.init_from and not args.config:
+                name = f"{Path(args.init_from).name}-finetune"
+                config = read_run_config(Path(args.init_from) / CONFIG_FILE, overrides)
+            else:
+                name = args.config or DEFAULT_CONFIG
+                config = load_config(name, overrides)
             preflight(config)
-            label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
-            if "-" not in label:
-                label = f"{label}-{config.policy.core}"
-            run_dir = prepare_run_dir(Path(args.root), args.name or timestamped_name(label))
+            run_dir = prepare_run_dir(Path(args.root), args.name or timestamped_name(run_label(name, config)))
         train(config, run_dir, resume=bool(args.resume))
     except (ConfigError, CheckpointError, LockError) as error:
         sys.exit(f"error: {error}")

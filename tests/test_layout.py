@@ -34,7 +34,8 @@ main(["stress", {str(tiny_run)!r}, "--axes", "wind", "--levels", "wind=0,2", "--
       "--backend", "serial", "--out", {str(tmp_path / 's')!r}])
 main(["compare", {str(tiny_run)!r}, "--stress", {str(tmp_path / 's')!r}, "--axes", "wind", "--levels", "wind=0,2",
       "--episodes", "2", "--backend", "serial", "--out", {str(tmp_path / 'c')!r}])
-training = sorted(m for m in sys.modules if m in ("agents.train", "agents.callbacks", "agents.preflight")
+training = sorted(m for m in sys.modules if m in ("agents.train", "agents.imitate", "agents.demonstrations",
+                                                  "agents.callbacks", "agents.preflight")
                   or m.startswith("agents.bench"))
 print("TRAINING MODULES:", training)
 """
