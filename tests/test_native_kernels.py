@@ -93,12 +93,18 @@ def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path(name, 
     torch.testing.assert_close(finals[0], finals[1], rtol=1e-12, atol=1e-12)
 
 
+def _counted(monkeypatch, function) -> list:
+    """A list that grows by one at every ``function.apply`` call (an autograd function)."""
+    calls = []
+    apply = function.apply
+    monkeypatch.setattr(function, "apply", lambda *args: calls.append(1) or apply(*args))
+    return calls
+
+
 def test_dense_cfc_kernel_trains_small_batches_only(monkeypatch):
     """PPO minibatches (a few sequences) train in the kernel; larger batches and rollout steps use
     PyTorch, which is faster there."""
-    calls = []
-    apply = cfc_native.DenseSequence.apply
-    monkeypatch.setattr(cfc_native.DenseSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    calls = _counted(monkeypatch, cfc_native.DenseSequence)
     core = build_core("cfc", 3, hidden_size=4, backbone_units=6)
     for batch, expected_calls in [(DENSE_KERNEL_MAX_BATCH, 1), (DENSE_KERNEL_MAX_BATCH + 1, 1)]:
         core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
@@ -109,9 +115,7 @@ def test_dense_cfc_kernel_trains_small_batches_only(monkeypatch):
 
 
 def test_wired_cfc_kernel_trains_every_batch_size_and_rollout_steps_use_pytorch(monkeypatch):
-    calls = []
-    apply = cfc_native.WiredSequence.apply
-    monkeypatch.setattr(cfc_native.WiredSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    calls = _counted(monkeypatch, cfc_native.WiredSequence)
     core = build_core("ncp-cfc", 3, units=10, output_size=2)
     for batch in (1, 64):
         core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
@@ -122,9 +126,7 @@ def test_wired_cfc_kernel_trains_every_batch_size_and_rollout_steps_use_pytorch(
 
 
 def test_gru_kernel_trains_batches_up_to_its_limit_and_rollout_steps_use_torch(monkeypatch):
-    calls = []
-    apply = gru_native.GRUSequence.apply
-    monkeypatch.setattr(gru_native.GRUSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    calls = _counted(monkeypatch, gru_native.GRUSequence)
     core = build_core("gru", 3, hidden_size=5)
     for batch in (1, GRU_KERNEL_MAX_BATCH, GRU_KERNEL_MAX_BATCH + 1):
         core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
