@@ -13,6 +13,7 @@ Whoever writes a run (``liquid-drones train`` today), a run folder ``runs/<name>
 | ``final_eval.json`` | the final evaluation's metrics |
 | ``checkpoints/step_<N>/`` | resumable checkpoints (`agents.checkpoint`) |
 | ``tb/`` | TensorBoard logs |
+| ``train.log`` | training's progress and evaluation lines, time-stamped, appended by every session |
 
 Reading a run needs this format only, never the training code: `load_run` reads the files
 without building an env, and `check_model` loads the model once to check it against the config.
@@ -53,6 +54,7 @@ CURVE_FILE = "training_curve.png"
 FINAL_EVAL_FILE = "final_eval.json"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tb"
+TRAIN_LOG = "train.log"
 EVAL_COLUMNS = ("timesteps", "success_rate", "crash_rate", "mean_reward", "std_reward", "mean_length",
                 "wall_time_s")
 

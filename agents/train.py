@@ -34,6 +34,8 @@ from agents.callbacks import (
     ProgressLines,
     RolloutStatsCallback,
     StopAfter,
+    StopOnInterrupt,
+    TrainingInterrupted,
     eval_row,
     evaluate_model,
 )
@@ -53,6 +55,7 @@ from agents.io import atomic_write, timestamped_name, write_json
 from agents.lock import LOCK_FILE, FolderLock, LockError
 from agents.normalization import NORMALIZATION_FILE, ObsNormalizer, StepDurationVecNormalize
 from agents.preflight import preflight
+from agents.progress import LogFile, say
 from agents.report import plot_training_curve
 from agents.run import (
     CHECKPOINT_DIR,
@@ -63,6 +66,7 @@ from agents.run import (
     MODEL_FILE,
     NORMALIZER_FILE,
     TENSORBOARD_DIR,
+    TRAIN_LOG,
     algorithm_class,
     append_eval_row,
     read_eval_rows,
@@ -74,6 +78,8 @@ from agents.run import (
 from policies.encoders import ConvStateEncoder
 from policies.sb3_policy import CorePolicy
 
+# What a step or close of SubprocVecEnv raises once its workers are gone.
+ENV_WORKER_GONE = (EOFError, BrokenPipeError, ConnectionResetError)
 ACTIVATIONS = {"tanh": th.nn.Tanh, "relu": th.nn.ReLU, "elu": th.nn.ELU, "silu": th.nn.SiLU}
 
 
@@ -199,9 +205,12 @@ def train(
     config: Config,
     run_dir: Path,
     resume: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> TrainResult:
     """Train as configured into ``run_dir`` (a fresh folder, or an existing run when ``resume``).
+
+    Lines are given to ``log`` and appended to ``run_dir/train.log``. Ctrl-C (SIGINT) saves a
+    checkpoint, model.zip and the normalisation, then raises `TrainingInterrupted`.
 
     :raise ConfigError: on resume, if ``config`` changes a key that fixes the model or its data
     :raise CheckpointError: on resume, if there is no usable checkpoint
@@ -220,11 +229,13 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
     remove_partial_checkpoints(run_dir / CHECKPOINT_DIR)
     ckpt = checkpoint_to_resume(config, run_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
+    log = LogFile(run_dir / TRAIN_LOG, log)
     if not resume or read_run_config(run_dir / CONFIG_FILE) != config:
         save_config(config, run_dir / CONFIG_FILE)  # once; on resume only for a change the rules allow
 
     # A resumed run draws new episodes: its envs are seeded past the steps already taken.
     venv = make_vec_env(config, config.env.n_envs, config.train.seed + (ckpt.step if ckpt else 0), time_input)
+    interrupt = StopOnInterrupt(log)
     try:
         if ckpt is None:
             model = build_model(config, normalize(venv, config, time_input), run_dir, time_input)
@@ -234,19 +245,36 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
         remaining = config.train.total_timesteps - model.num_timesteps
         reached = None
         if remaining > 0:
-            callbacks = training_callbacks(config, run_dir)
+            callbacks = training_callbacks(config, run_dir, log)
             bar = config.train.progress_bar and sys.stdout.isatty()
-            if config.train.progress_bar and not bar:
-                callbacks.callbacks.append(ProgressLines(config.train.total_timesteps))
-            model.learn(remaining, callback=callbacks, tb_log_name="run", reset_num_timesteps=ckpt is None,
-                        progress_bar=bar)
+            lines_on_console = config.train.progress_bar and not bar
+            callbacks.callbacks += [ProgressLines(config.train.total_timesteps,
+                                                  write=log if lines_on_console else log.quiet()), interrupt]
+            with interrupt:
+                log(f"training {config.env.id} with core {config.policy.core}, seed {config.train.seed}, "
+                    f"from step {model.num_timesteps:,} to {config.train.total_timesteps:,} (Ctrl-C saves and stops)")
+                try:
+                    model.learn(remaining, callback=callbacks, tb_log_name="run", reset_num_timesteps=ckpt is None,
+                                progress_bar=bar)
+                except ENV_WORKER_GONE:
+                    if not interrupt.requested:  # a terminal's Ctrl-C also ends subprocess env workers
+                        raise
             reached = next((c.target_reached_at for c in callbacks.callbacks if isinstance(c, EvalEvery)), None)
             if reached is not None:
                 log(f"success target {config.train.stop_at_success:.0%} reached at step {reached:,}: stopping")
-        save_run(model, config, run_dir)
+        save_run(model, config, run_dir, checkpoint=bool(config.checkpoint.freq) or interrupt.requested)
+        if interrupt.requested:
+            message = (f"interrupted at step {model.num_timesteps:,}: saved a checkpoint and {MODEL_FILE} in "
+                       f"{run_dir}; continue with `liquid-drones train --resume {run_dir}`")
+            log(message)
+            raise TrainingInterrupted(message)
         final = final_evaluation(model, config, run_dir, time.time() - started, reached)
     finally:
-        venv.close()
+        try:
+            venv.close()
+        except ENV_WORKER_GONE:
+            if not interrupt.requested:
+                raise
 
     minutes = (time.time() - started) / 60
     log(f"trained {model.num_timesteps:,} env steps in {minutes:.1f} min -> {run_dir}")
@@ -288,7 +316,7 @@ def evaluation_seeds(config: Config, episodes: int) -> list[int]:
     return list(range(first, first + episodes))
 
 
-def training_callbacks(config: Config, run_dir: Path) -> CallbackList:
+def training_callbacks(config: Config, run_dir: Path, log: Callable[[str], None] = say) -> CallbackList:
     """Rollout statistics, periodic evaluation (best model, stop at target), a time limit and
     checkpoints, as configured."""
     callbacks: list[BaseCallback] = [RolloutStatsCallback()]
@@ -296,7 +324,8 @@ def training_callbacks(config: Config, run_dir: Path) -> CallbackList:
         callbacks.append(EvalEvery(config.eval.freq, agent_of_config(config, run_dir.name),
                                    config.env.kwargs.get("disturbances") or {},
                                    evaluation_seeds(config, config.eval.n_episodes), run_dir,
-                                   run_dir / EVAL_FILE, config.eval.deterministic, config.train.stop_at_success))
+                                   run_dir / EVAL_FILE, config.eval.deterministic, config.train.stop_at_success,
+                                   log))
     if config.train.max_minutes is not None:
         callbacks.append(StopAfter(config.train.max_minutes))
     if config.checkpoint.freq:
@@ -304,10 +333,10 @@ def training_callbacks(config: Config, run_dir: Path) -> CallbackList:
     return CallbackList(callbacks)
 
 
-def save_run(model: BaseAlgorithm, config: Config, run_dir: Path) -> None:
-    """model.zip, the normalisation (normalization.json and vecnormalize.pkl), plus a final
-    checkpoint so that a longer --resume continues here."""
-    if config.checkpoint.freq:
+def save_run(model: BaseAlgorithm, config: Config, run_dir: Path, checkpoint: bool = True) -> None:
+    """model.zip, the normalisation (normalization.json and vecnormalize.pkl), plus (``checkpoint``)
+    a final checkpoint so that a longer --resume continues here."""
+    if checkpoint:
         save_checkpoint(model, run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
     atomic_write(run_dir / MODEL_FILE, model.save)
     normalizer = model.get_vec_normalize_env()
@@ -358,5 +387,7 @@ def main(args: Any) -> None:
         train(config, run_dir, resume=bool(args.resume))
     except (ConfigError, CheckpointError, LockError) as error:
         sys.exit(f"error: {error}")
+    except TrainingInterrupted:
+        sys.exit(130)  # the shell's code for Ctrl-C; the message is already logged
     except OSError as error:
         sys.exit(f"error: cannot write the run: {error}")
