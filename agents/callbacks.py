@@ -23,12 +23,13 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.checkpoint import save_checkpoint
+from agents.checkpoint import flatten_keys, save_checkpoint
 from agents.flight import AgentSpec, ModelPilot, fly
 from agents.io import atomic_write
 from agents.metrics import EpisodeResult, Summary
 from agents.progress import say
-from agents.run import BEST_MODEL_FILE, BEST_NORMALIZER_FILE, append_eval_row, read_eval_rows
+from agents.normalization import ObsNormalizer
+from agents.run import BEST_MODEL_FILE, BEST_NORMALIZATION_FILE, BEST_NORMALIZER_FILE, append_eval_row, read_eval_rows
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,25 @@ class StopOnInterrupt(BaseCallback):
         return not self.requested
 
 
+class HyperParameters(BaseCallback):
+    """Record a config's keys in TensorBoard's HPARAMS tab when learning starts, linked to the
+    success rates of rollouts, periodic evaluations and the final evaluation (`FINAL_METRICS`)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.values = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+                       for key, value in flatten_keys(config).items()}
+
+    def _on_training_start(self) -> None:
+        from stable_baselines3.common.logger import HParam
+
+        metrics = {"rollout/success_rate": 0.0, "eval/success_rate": 0.0, "final/success_rate": 0.0}
+        self.logger.record("hparams", HParam(self.values, metrics), exclude=("stdout", "log", "json", "csv"))
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class StopAfter(BaseCallback):
     """End training at the first rollout boundary after ``minutes`` of wall time."""
 
@@ -221,7 +241,8 @@ class EvalEvery(AtRolloutBoundary):
     Each evaluation flies the episodes of ``seeds`` (the same ones every time) in the training
     env and disturbance distribution. With ``stop_at_success``, training ends right after the
     first evaluation whose success rate reaches it (``target_reached_at`` holds its env steps). The best model (highest success rate, ties broken by mean
-    reward) is saved as ``best_model.zip`` with its ``best_vecnormalize.pkl`` in ``run_dir``.
+    reward) is saved as ``best_model.zip`` with its statistics (``best_normalization.json``, and SB3's
+    ``best_vecnormalize.pkl``) in ``run_dir``.
     """
 
     def __init__(
@@ -273,6 +294,7 @@ class EvalEvery(AtRolloutBoundary):
             atomic_write(self.run_dir / BEST_MODEL_FILE, self.model.save)
             if train_env is not None:
                 atomic_write(self.run_dir / BEST_NORMALIZER_FILE, lambda p: train_env.save(str(p)))
+                ObsNormalizer.of(train_env).save(self.run_dir / BEST_NORMALIZATION_FILE)
 
 
 def eval_row(timesteps: int, summary: EvalSummary, wall_time_s: float) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class AgentSpec:
     config: dict[str, Any] = field(default_factory=dict)
     model: bytes | None = field(default=None, repr=False)
     normalizer: ObsNormalizer | None = field(default=None, repr=False)
+    source: str = "final"  # which of the run's models (`agents.run.load_run`)
 
     @property
     def is_expert(self) -> bool:
@@ -99,15 +100,17 @@ def agent_of_run(run: Run, name: str | None = None) -> AgentSpec:
         config=config.to_dict(),
         model=run.model,
         normalizer=run.normalizer,
+        source=run.source,
     )
 
 
-def load_agent(run_dir: str | Path, name: str | None = None) -> AgentSpec:
-    """Read and check a finished run folder (`agents.run.load_run` + `check_model`) as an agent.
+def load_agent(run_dir: str | Path, name: str | None = None, model: str = "final",
+               step: int | None = None) -> AgentSpec:
+    """Read and check a run folder's ``model`` (`agents.run.load_run` + `check_model`) as an agent.
 
     :raise agents.run.RunError: naming the file, if the folder is not a usable finished run
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, model, step)
     check_model(run)
     return agent_of_run(run, name)
 
@@ -240,11 +243,11 @@ def resolve_env_id(name: str) -> str:
 
 
 def agents_from_args(run_dirs: Sequence[str], expert: bool, env: str | None,
-                     action: str | None) -> list[AgentSpec]:
-    """The runs (named by folder, or by path where folder names repeat) and optionally the expert,
-    which flies the first run's env (or ``env`` with ``action`` when no run is given)."""
+                     action: str | None, model: str = "final", step: int | None = None) -> list[AgentSpec]:
+    """The runs' ``model`` (named by folder, or by path where folder names repeat) and optionally
+    the expert, which flies the first run's env (or ``env`` with ``action`` when no run is given)."""
     names = [Path(d).name for d in run_dirs]
-    agents = [load_agent(d, name if names.count(name) == 1 else str(d).rstrip("/"))
+    agents = [load_agent(d, name if names.count(name) == 1 else str(d).rstrip("/"), model, step)
               for d, name in zip(run_dirs, names)]
     if expert:
         if agents:

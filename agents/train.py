@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import torch as th
+import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -31,6 +32,7 @@ from agents.callbacks import (
     CheckpointEvery,
     EvalEvery,
     EvalSummary,
+    HyperParameters,
     ProgressLines,
     RolloutStatsCallback,
     StopAfter,
@@ -56,6 +58,7 @@ from agents.lock import LOCK_FILE, FolderLock, LockError
 from agents.normalization import NORMALIZATION_FILE, ObsNormalizer, StepDurationVecNormalize
 from agents.preflight import preflight
 from agents.progress import LogFile, say
+from agents.provenance import recorded
 from agents.report import plot_training_curve
 from agents.run import (
     CHECKPOINT_DIR,
@@ -217,7 +220,8 @@ def train(
     """
     started = time.time()
     preflight(config)
-    with FolderLock(run_dir, "run folder", log):
+    seeds = {"train": config.train.seed, "evaluation": evaluation_seeds(config, 1)[0]}
+    with FolderLock(run_dir, "run folder", log), recorded(run_dir, "train", seeds):
         return _train_locked(config, run_dir, resume, log, started)
 
 
@@ -319,7 +323,7 @@ def evaluation_seeds(config: Config, episodes: int) -> list[int]:
 def training_callbacks(config: Config, run_dir: Path, log: Callable[[str], None] = say) -> CallbackList:
     """Rollout statistics, periodic evaluation (best model, stop at target), a time limit and
     checkpoints, as configured."""
-    callbacks: list[BaseCallback] = [RolloutStatsCallback()]
+    callbacks: list[BaseCallback] = [RolloutStatsCallback(), HyperParameters(config.to_dict())]
     if config.eval.freq:
         callbacks.append(EvalEvery(config.eval.freq, agent_of_config(config, run_dir.name),
                                    config.env.kwargs.get("disturbances") or {},
@@ -357,6 +361,10 @@ def final_evaluation(model: BaseAlgorithm, config: Config, run_dir: Path, wall_t
                                   config.env.kwargs.get("disturbances") or {}, config.eval.deterministic)
         final = EvalSummary.of(episodes)
         append_eval_row(run_dir / EVAL_FILE, eval_row(model.num_timesteps, final, wall_time_s))
+        if getattr(model, "_logger", None) is not None:  # TensorBoard, when this session learned
+            for key in ("success_rate", "success_low", "success_high", "crash_rate", "spl", "final_distance_m"):
+                model.logger.record(f"final/{key}", getattr(final, key))
+            model.logger.dump(model.num_timesteps)
     plot_training_curve(read_eval_rows(run_dir / EVAL_FILE), run_dir / CURVE_FILE, run_dir.name)
     write_json(run_dir / FINAL_EVAL_FILE, {"timesteps": model.num_timesteps, "target_reached_at": target_reached_at,
                                            **(final.as_dict() if final else {})})
@@ -375,11 +383,14 @@ def main(args: Any) -> None:
                 config = load_config(args.config, overrides)
             else:
                 config = read_run_config(run_dir / CONFIG_FILE, overrides)
-            preflight(config)
         else:
             name = args.config or DEFAULT_CONFIG
             config = load_config(name, overrides)
-            preflight(config)
+        if args.print_config:
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            return
+        preflight(config)
+        if not args.resume:
             label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
             if "-" not in label:
                 label = f"{label}-{config.policy.core}"

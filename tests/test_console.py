@@ -64,3 +64,41 @@ def test_ctrl_c_during_training_saves_a_resumable_run_and_exits_without_a_traceb
     result = train(longer, run, resume=True, log=messages.append)
     assert f"resuming {run} from step {stopped_at:,}" in messages
     assert result.timesteps >= stopped_at + 128 and (run / "final_eval.json").is_file()
+
+
+def test_print_config_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys):
+    from agents.cli import main
+
+    main(["train", "--config", "hover-lstm", "--set", "algo.learning_rate=1e-3", "--seed", "7", "--print-config",
+          "--root", str(tmp_path)])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == load_config("hover-lstm", ["algo.learning_rate=1e-3", "train.seed=7"]).to_dict()
+    assert printed["policy"]["core"] == "lstm" and printed["train"]["seed"] == 7
+    assert not any(tmp_path.iterdir())
+
+
+def test_list_names_configs_envs_cores_axes_with_units_and_levels_and_studies(capsys):
+    from agents.cli import main
+    from envs.disturbances import AXES, AXIS_LABELS, DEFAULT_LEVELS
+    from policies import CORE_NAMES
+
+    main(["list"])
+    out = capsys.readouterr().out
+    for word in ["waypoints", "LiquidDrones/Forest-v0", "hover-cores", *CORE_NAMES, *AXES]:
+        assert word in out, word
+    assert AXIS_LABELS["wind"] in out and ", ".join(f"{v:g}" for v in DEFAULT_LEVELS["latency"]) in out
+
+
+def test_version_names_the_package_and_its_git_commit(capsys):
+    import pytest
+
+    from agents.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("liquid-drones ")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert f"git {head.stdout.strip()}" in line
