@@ -114,6 +114,9 @@ class ForestEnv(QuadrotorEnv):
         self._goal: Position = (goal_distance, 0.0, FLIGHT_HEIGHT)
         self._ranges = [1.0] * num_rays
 
+    def goal_radius(self) -> float:
+        return self.success_radius
+
     @property
     def goal(self) -> Position:
         return self._goal
