@@ -270,6 +270,9 @@ class Flight:
     goals: list[Position] = field(default_factory=list)
     positions: np.ndarray | None = None  # [steps + 1, 3] m, world
     frames: list[np.ndarray] | None = None
+    goal_path: np.ndarray | None = None  # [steps + 1, 3] m, the current goal at each step (traced)
+    obstacles: list[tuple[float, float, float]] = field(default_factory=list)  # (x, y, radius) m
+    wind: Position = (0.0, 0.0, 0.0)  # the episode's steady wind, m/s, world
 
     @property
     def outcome(self) -> str:
@@ -303,6 +306,9 @@ class _InFlight:
         self.reward = 0.0
         self.time_s = 0.0
         self.positions = [tuple(env.unwrapped.sim.position)] if trace else None
+        self.goal_path = [tuple(env.unwrapped.goal)] if trace else None
+        self.obstacles = env.unwrapped.obstacles() if trace else []
+        self.wind = tuple(env.unwrapped.episode_disturbance.steady_wind)
         self.frames = [env.render()] if record else None
 
     def step(self, env: gym.Env, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
@@ -311,6 +317,7 @@ class _InFlight:
         self.time_s += info["dt"]
         if self.positions is not None:
             self.positions.append(tuple(env.unwrapped.sim.position))
+            self.goal_path.append(tuple(env.unwrapped.goal))
         if self.frames is not None:
             self.frames.append(env.render())
 
@@ -318,7 +325,8 @@ class _InFlight:
         result = episode_result(self.seed, info, terminated, truncated, self.actions, self.time_s, self.reward,
                                 self.shortest)
         positions = None if self.positions is None else np.array(self.positions)
-        return Flight(result, self.goals, positions, self.frames)
+        goal_path = None if self.goal_path is None else np.array(self.goal_path)
+        return Flight(result, self.goals, positions, self.frames, goal_path, self.obstacles, self.wind)
 
 
 def fly(

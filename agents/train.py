@@ -365,7 +365,9 @@ def final_evaluation(model: BaseAlgorithm, config: Config, run_dir: Path, wall_t
             for key in ("success_rate", "success_low", "success_high", "crash_rate", "spl", "final_distance_m"):
                 model.logger.record(f"final/{key}", getattr(final, key))
             model.logger.dump(model.num_timesteps)
-    plot_training_curve(read_eval_rows(run_dir / EVAL_FILE), run_dir / CURVE_FILE, run_dir.name)
+    plot_training_curve(read_eval_rows(run_dir / EVAL_FILE), run_dir / CURVE_FILE,
+                        f"{run_dir.name}: {config.env.id.split('/')[-1]}, core {config.policy.core}, "
+                        f"seed {config.train.seed}")
     write_json(run_dir / FINAL_EVAL_FILE, {"timesteps": model.num_timesteps, "target_reached_at": target_reached_at,
                                            **(final.as_dict() if final else {})})
     return final

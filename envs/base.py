@@ -257,6 +257,10 @@ class QuadrotorEnv(gym.Env):
     def _marker_positions(self) -> list[Position]:
         return [self.goal]
 
+    def obstacles(self) -> list[tuple[float, float, float]]:
+        """The episode's vertical cylinders as (x, y, radius) in m, world; none but in Forest."""
+        return []
+
     def route(self) -> list[Position]:
         """The goals of the episode in visiting order (m, world); one for most tasks."""
         return [self.goal]
