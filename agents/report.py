@@ -37,25 +37,51 @@ def console() -> Any:
     return terminal if terminal.is_terminal and terminal.width >= CONSOLE_WIDTH else Console(width=CONSOLE_WIDTH)
 
 
-def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float], xlabel: str, title: str) -> None:
-    """A horizontal bar chart, one bar per label (top to bottom in the given order)."""
+def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float], xlabel: str, title: str,
+              failed: Sequence[bool] | None = None, notes: Sequence[str] | None = None,
+              failed_label: str = "did not reach the target") -> None:
+    """A horizontal bar chart, one bar per label (top to bottom in the given order).
+
+    Bars marked ``failed`` are drawn hatched and grey (with a legend entry ``failed_label``), so a
+    run that stopped at its budget never looks like one that reached the target; ``notes`` are
+    written at the end of the bars.
+    """
+    from matplotlib.patches import Patch
+
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
-    ax.barh(list(labels)[::-1], list(values)[::-1], color="tab:blue")
+    failed = list(failed) if failed is not None else [False] * len(labels)
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) + 1.4))
+    rows = range(len(labels))[::-1]
+    for row, value, miss in zip(rows, values, failed):
+        ax.barh(row, value, color="0.8" if miss else "tab:blue", hatch="///" if miss else None,
+                edgecolor="0.4" if miss else "tab:blue")
+    for row, value, note in zip(rows, values, notes or []):
+        ax.text(value, row, f" {note}", va="center", fontsize=8)
+    ax.set_yticks(list(rows), list(labels))
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    fig.tight_layout()
+    ax.margins(x=0.4 if notes else 0.05)  # room for the notes right of the longest bar
+    if any(failed):
+        fig.legend(handles=[Patch(facecolor="tab:blue", label="reached the target"),
+                            Patch(facecolor="0.8", hatch="///", edgecolor="0.4", label=failed_label)],
+                   loc="lower center", ncol=2, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight() if any(failed) else 0, 1, 1))
     save_figure(fig, path)
 
 
 def print_rows(rows: Sequence[dict[str, Any]], title: str) -> None:
-    """Print ``rows`` as a table on the console (cells are folded, never cut)."""
+    """Print ``rows`` as a table on the console (cells are folded, never cut). The first column
+    names the rows (a run, an agent) and is kept whole on one line; the others fold to make room."""
     from rich.table import Table
 
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = Table(title=title)
-    for column in columns:
-        table.add_column(column, overflow="fold")
+    for i, column in enumerate(columns):
+        if i == 0:
+            width = max(len(_format(row.get(column, ""))) for row in [{column: column}, *rows])
+            table.add_column(column, no_wrap=True, min_width=width)
+        else:
+            table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(_format(row.get(column, "")) for column in columns))
     console().print(table)

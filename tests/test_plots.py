@@ -74,3 +74,12 @@ def test_robustness_figure_with_two_axes_and_five_agents_keeps_every_text_inside
     first, second = lines[0].get_xdata(), lines[1].get_xdata()  # the two identical agents
     assert not np.allclose(first, second) and lines[0].get_marker() != lines[1].get_marker()
     pyplot().close(fig)
+
+
+def test_console_tables_keep_long_run_names_whole_on_one_line(capsys):
+    from agents.report import print_rows
+
+    names = [f"study-nominal-ncp-cfc/seed-{k}" for k in range(3)]
+    print_rows([{"agent": name, **{f"axis_{i}": "83 % [71, 91]" for i in range(12)}} for name in names], "comparison")
+    out = capsys.readouterr().out
+    assert all(name in out for name in names)

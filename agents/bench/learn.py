@@ -92,6 +92,11 @@ def main(out_dir: str = "runs/bench", quick: bool = False, configs: tuple[str, .
     print_rows(shown, f"Time to success level (evaluations over {n_episodes} episodes)")
     stem = f"learn-{selected[0]}" if configs else "learn"
     write_rows(rows, out, stem)
-    bar_chart(out / f"{stem}.png", [f"{r['config']}{'' if r['reached'] else ' (NOT reached)'}" for r in rows],
-              [r["minutes"] for r in rows], "wall-clock minutes to the success level (or budget)", "Time to solve")
+    bar_chart(out / f"{stem}.png", [r["config"] for r in rows], [r["minutes"] for r in rows],
+              "wall-clock minutes to the success level (grey: the whole budget, level not reached)", "Time to solve",
+              failed=[not r["reached"] for r in rows],
+              notes=[f"{100 * r['level']:.0f} % reached" if r["reached"] else
+                     f"NOT reached: best {'-' if r['last_success_rate'] is None else f'{100 * r['last_success_rate']:.0f} %'}"
+                     for r in rows],
+              failed_label="level not reached within the budget")
     return rows
