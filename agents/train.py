@@ -254,15 +254,9 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
             lines_on_console = config.train.progress_bar and not bar
             callbacks.callbacks += [ProgressLines(config.train.total_timesteps,
                                                   write=log if lines_on_console else log.quiet()), interrupt]
-            with interrupt:
-                log(f"training {config.env.id} with core {config.policy.core}, seed {config.train.seed}, "
-                    f"from step {model.num_timesteps:,} to {config.train.total_timesteps:,} (Ctrl-C saves and stops)")
-                try:
-                    model.learn(remaining, callback=callbacks, tb_log_name="run", reset_num_timesteps=ckpt is None,
-                                progress_bar=bar)
-                except ENV_WORKER_GONE:
-                    if not interrupt.requested:  # a terminal's Ctrl-C also ends subprocess env workers
-                        raise
+            log(f"training {config.env.id} with core {config.policy.core}, seed {config.train.seed}, "
+                f"from step {model.num_timesteps:,} to {config.train.total_timesteps:,} (Ctrl-C saves and stops)")
+            learn(model, remaining, callbacks, ckpt is not None, bar, interrupt)
             reached = next((c.target_reached_at for c in callbacks.callbacks if isinstance(c, EvalEvery)), None)
             if reached is not None:
                 log(f"success target {config.train.stop_at_success:.0%} reached at step {reached:,}: stopping")
@@ -285,6 +279,18 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
     if final is not None:
         log(f"final evaluation: {final}")
     return TrainResult(run_dir, model.num_timesteps, minutes, final)
+
+
+def learn(model: BaseAlgorithm, steps: int, callbacks: CallbackList, resumed: bool, progress_bar: bool,
+          interrupt: StopOnInterrupt) -> None:
+    """``model.learn(steps)``; Ctrl-C ends it at the next env step (``interrupt.requested``)."""
+    with interrupt:
+        try:
+            model.learn(steps, callback=callbacks, tb_log_name="run", reset_num_timesteps=not resumed,
+                        progress_bar=progress_bar)
+        except ENV_WORKER_GONE:
+            if not interrupt.requested:  # a terminal's Ctrl-C also ends subprocess env workers
+                raise
 
 
 def checkpoint_to_resume(config: Config, run_dir: Path) -> Checkpoint:
