@@ -37,22 +37,36 @@ def test_each_evaluation_line_shows_success_with_its_interval_on_the_console_and
     assert logged[0][:4].isdigit() and "T" in logged[0].split(" ")[0]
 
 
-def test_ctrl_c_during_training_saves_a_resumable_run_and_exits_without_a_traceback(tmp_path):
-    config = load_config("hover-mlp", tiny(1_000_000))
-    config_file = tmp_path / "mlp.yaml"
+def interrupted_training(tmp_path: Path, vec_env: str, whole_group: bool) -> tuple[Path, str, str, int]:
+    """Start `liquid-drones train` (a long run) in a subprocess, send SIGINT once it is training
+    (to the process, or like a terminal to its whole process group), and wait for it to exit.
+
+    :return: the run folder, stdout, stderr and the exit status
+    """
+    config = load_config("hover-mlp", tiny(1_000_000, **{"env.vec_env": vec_env}))
+    config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     run = tmp_path / "runs" / "stopped"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     process = subprocess.Popen(
         [sys.executable, "-m", "agents.cli", "train", "--config", str(config_file), "--root", str(tmp_path / "runs"),
-         "--name", "stopped"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--name", "stopped"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
     deadline = time.time() + 120
     while not (run / "train.log").is_file() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     time.sleep(1.0)  # a few rollouts in
-    process.send_signal(signal.SIGINT)
+    if whole_group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    return run, out, err, process.returncode
+
+
+def test_ctrl_c_during_training_saves_a_resumable_run_and_exits_without_a_traceback(tmp_path):
+    run, out, err, status = interrupted_training(tmp_path, "dummy", whole_group=False)
+    assert status == 130, err
     assert "Traceback" not in err and "interrupted at step" in out and "--resume" in out
     assert (run / "model.zip").is_file() and (run / "normalization.json").is_file()
     assert not (run / "final_eval.json").exists()  # not finished: a study resumes it
@@ -64,6 +78,12 @@ def test_ctrl_c_during_training_saves_a_resumable_run_and_exits_without_a_traceb
     result = train(longer, run, resume=True, log=messages.append)
     assert f"resuming {run} from step {stopped_at:,}" in messages
     assert result.timesteps >= stopped_at + 128 and (run / "final_eval.json").is_file()
+
+
+def test_a_terminals_ctrl_c_reaching_subprocess_env_workers_too_still_saves_the_run(tmp_path):
+    run, out, err, status = interrupted_training(tmp_path, "subproc", whole_group=True)
+    assert status == 130 and "Traceback" not in err, err
+    assert "interrupted at step" in out and (run / "model.zip").is_file()
 
 
 def test_print_config_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys):

@@ -67,3 +67,12 @@ def test_a_run_records_its_training_session_and_tensorboard_its_hyper_parameters
 def test_a_step_without_model_checkpoint_stops_with_a_message(run, capsys):
     with pytest.raises(SystemExit, match="--step 128 chooses a checkpoint: add --model checkpoint"):
         main(["evaluate", str(run), "--step", "128"])
+
+
+def test_compare_and_the_stress_test_it_flies_record_their_provenance(run, tmp_path):
+    main(["compare", str(run), "--axes", "wind", "--levels", "wind=0,2", "--episodes", "2", "--backend", "serial",
+          "--out", str(tmp_path / "c")])
+    for folder, verb in ((tmp_path / "c", "compare"), (tmp_path / "c" / "stress", "stress")):
+        [session] = json.loads((folder / "provenance.json").read_text())["sessions"]
+        assert session["verb"] == verb and session["outcome"] == "finished"
+        assert session["seeds"] == {"episodes": [100_000, 100_001]}
