@@ -1,4 +1,5 @@
-"""Training callbacks: rollout statistics, periodic evaluation with best-model saving, checkpoints.
+"""Training callbacks: rollout statistics, periodic evaluation with best-model saving, checkpoints,
+progress lines, a wall-time limit and Ctrl-C.
 
 Evaluation and checkpoints happen at rollout boundaries (right after a PPO update), so a
 checkpoint holds exactly the weights, optimiser and counters an uninterrupted run would have there.
@@ -8,23 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.checkpoint import save_checkpoint
+from agents.checkpoint import flatten_keys, save_checkpoint
 from agents.flight import AgentSpec, ModelPilot, fly
 from agents.io import atomic_write
 from agents.metrics import EpisodeResult, Summary
-from agents.run import BEST_MODEL_FILE, BEST_NORMALIZER_FILE, append_eval_row, read_eval_rows
+from agents.progress import say
+from agents.normalization import ObsNormalizer
+from agents.run import BEST_MODEL_FILE, BEST_NORMALIZATION_FILE, BEST_NORMALIZER_FILE, append_eval_row, read_eval_rows
 
 
 @dataclass(frozen=True)
@@ -122,10 +127,10 @@ class CheckpointEvery(AtRolloutBoundary):
 
 
 class ProgressLines(BaseCallback):
-    """Plain progress lines for logs (stdout not a terminal): steps, share done, env steps/s, the
-    latest rollout success and crash rates, time left; every ``every_s`` seconds of wall time."""
+    """Plain progress lines for logs: steps, share done, env steps/s, the latest rollout success
+    and crash rates, time left; every ``every_s`` seconds of wall time, each given to ``write``."""
 
-    def __init__(self, total: int, every_s: float = 30.0, write: Any = print) -> None:
+    def __init__(self, total: int, every_s: float = 30.0, write: Callable[[str], None] = say) -> None:
         super().__init__()
         self.total, self.every_s, self.write = total, every_s, write
         self.start = self.last = time.time()
@@ -151,7 +156,64 @@ class ProgressLines(BaseCallback):
                         (("rollout/success_rate", "rollout success"), ("rollout/crash_rate", "crash"))
                         if key in values)
         self.write(f"[train] step {self.num_timesteps:,}/{self.total:,} ({100 * self.num_timesteps / self.total:.0f} %)"
-                   f", {fps:,.0f} steps/s{rates}, ~{left / 60:.1f} min left", flush=True)
+                   f", {fps:,.0f} steps/s{rates}, ~{left / 60:.1f} min left")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C after saving a resumable run; the message says how to resume."""
+
+
+class StopOnInterrupt(BaseCallback):
+    """Ctrl-C (SIGINT) while learning ends ``learn()`` at the next env step instead of anywhere in
+    the middle of an update, so that the caller can save the run; a second Ctrl-C aborts at once.
+
+    Use as a context manager around ``learn()``: the handler is installed only in the main thread
+    (a signal handler cannot be set elsewhere) and the previous one is restored on exit.
+    """
+
+    def __init__(self, log: Callable[[str], None] = say) -> None:
+        super().__init__()
+        self.log = log
+        self.requested = False
+        self.previous: Any = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("interrupted (Ctrl-C): saving the run at the next env step; Ctrl-C again aborts without saving")
+
+    def _on_step(self) -> bool:
+        return not self.requested
+
+
+class HyperParameters(BaseCallback):
+    """Record a config's keys in TensorBoard's HPARAMS tab when learning starts, linked to the
+    success rates of rollouts, periodic evaluations and the final evaluation (`FINAL_METRICS`)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.values = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+                       for key, value in flatten_keys(config).items()}
+
+    def _on_training_start(self) -> None:
+        from stable_baselines3.common.logger import HParam
+
+        metrics = {"rollout/success_rate": 0.0, "eval/success_rate": 0.0, "final/success_rate": 0.0}
+        self.logger.record("hparams", HParam(self.values, metrics), exclude=("stdout", "log", "json", "csv"))
+
+    def _on_step(self) -> bool:
+        return True
 
 
 class StopAfter(BaseCallback):
@@ -179,7 +241,8 @@ class EvalEvery(AtRolloutBoundary):
     Each evaluation flies the episodes of ``seeds`` (the same ones every time) in the training
     env and disturbance distribution. With ``stop_at_success``, training ends right after the
     first evaluation whose success rate reaches it (``target_reached_at`` holds its env steps). The best model (highest success rate, ties broken by mean
-    reward) is saved as ``best_model.zip`` with its ``best_vecnormalize.pkl`` in ``run_dir``.
+    reward) is saved as ``best_model.zip`` with its statistics (``best_normalization.json``, and SB3's
+    ``best_vecnormalize.pkl``) in ``run_dir``.
     """
 
     def __init__(
@@ -192,8 +255,10 @@ class EvalEvery(AtRolloutBoundary):
         csv_path: Path,
         deterministic: bool = True,
         stop_at_success: float | None = None,
+        log: Callable[[str], None] = say,
     ) -> None:
         super().__init__(freq)
+        self.log = log
         self.stop_at_success = stop_at_success
         self.target_reached_at: int | None = None  # env steps of the first evaluation at the target
         self.spec = spec
@@ -219,7 +284,7 @@ class EvalEvery(AtRolloutBoundary):
         for key in ("success_rate", "crash_rate", "mean_reward", "mean_length"):
             self.logger.record(f"eval/{key}", getattr(summary, key))
         self.logger.dump(self.num_timesteps)
-        print(f"[eval] step {self.num_timesteps:,}: {summary}", flush=True)
+        self.log(f"[eval] step {self.num_timesteps:,}: {summary}")
         append_eval_row(self.csv_path, eval_row(self.num_timesteps, summary, time.time() - self.start))
         if self.stop_at_success is not None and summary.success_rate >= self.stop_at_success:
             self.target_reached_at = self.num_timesteps
@@ -229,6 +294,7 @@ class EvalEvery(AtRolloutBoundary):
             atomic_write(self.run_dir / BEST_MODEL_FILE, self.model.save)
             if train_env is not None:
                 atomic_write(self.run_dir / BEST_NORMALIZER_FILE, lambda p: train_env.save(str(p)))
+                ObsNormalizer.of(train_env).save(self.run_dir / BEST_NORMALIZATION_FILE)
 
 
 def eval_row(timesteps: int, summary: EvalSummary, wall_time_s: float) -> dict[str, Any]:

@@ -57,11 +57,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt."""
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_keys(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level with dotted keys (``{"algo": {"gamma": 0.99}}`` -> ``{"algo.gamma": 0.99}``)."""
     flat = {}
     for key, value in data.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -69,7 +70,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def incompatible_keys(saved: Config, requested: Config) -> list[str]:
     """Keys whose change would make a resumed run a different experiment."""
-    old, new = _flatten(saved.to_dict()), _flatten(requested.to_dict())
+    old, new = flatten_keys(saved.to_dict()), flatten_keys(requested.to_dict())
     return sorted(
         key
         for key in old.keys() | new.keys()

@@ -107,13 +107,31 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     _add_flight_options(parser)
 
 
+class _PrintVersion(argparse.Action):
+    """``--version``: print `agents.provenance.version_line` and exit (git is asked only then)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from agents.provenance import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(
         prog="liquid-drones",
         description="Train, evaluate and stress-test liquid-network quadrotor policies.",
     )
+    parser.add_argument("--version", action=_PrintVersion,
+                        help="print the package version (and git commit of a checkout) and exit")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    listing = verbs.add_parser("list", help="configs, env IDs, cores, disturbance axes (units, levels), studies")
+    listing.set_defaults(func=_verb("listing"))
 
     bench = verbs.add_parser("bench", help="measure simulator, core and training speed")
     bench.add_argument("target", choices=BENCH_TARGETS, help="what to measure")
@@ -141,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", metavar="RUN_DIR",
                        help="fine-tune an imitated run: its actor and normalisation, critic warmed up first "
                        "(default config: that run's)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (file + --set + --seed) as YAML and exit without training")
     train.set_defaults(func=_verb("train"))
 
     imitate = verbs.add_parser(
@@ -172,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate.add_argument("--video-episodes", type=int, default=VIDEO_EPISODES,
                           help=f"episodes in the video (default {VIDEO_EPISODES})")
+    from agents.run import MODEL_CHOICES
+
+    evaluate.add_argument("--model", choices=MODEL_CHOICES, default="final",
+                          help="which model of the run: final (model.zip, default), best (best periodic evaluation) "
+                          "or checkpoint (--step, default the newest; its normalisation is a pickle)")
+    evaluate.add_argument("--step", type=at_least(0), help="env steps of the checkpoint (with --model checkpoint)")
     evaluate.add_argument("--out", help="output folder")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an evaluation already in the folder")
     _add_flight_options(evaluate)

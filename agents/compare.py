@@ -24,6 +24,7 @@ from agents.config import config_from_dict
 from agents.flight import AgentSpec
 from agents.io import timestamped_name, write_rows, write_text
 from agents.lock import FolderLock, LockError
+from agents.provenance import recorded
 from agents.report import markdown_table, percent, print_rows, pyplot, save_figure
 from agents.robustness import StressError
 from agents.run import load_model
@@ -81,7 +82,8 @@ def compare(
     already holds a stress test of (at least) these agents."""
     lock = FolderLock(out_dir, "comparison folder", log)
     try:
-        return _compare(sweep, out_dir, stress_dir, backend, workers, address, resume, log)
+        with recorded(out_dir, "compare", {"episodes": [sweep.seed, sweep.seed + sweep.episodes - 1]}):
+            return _compare(sweep, out_dir, stress_dir, backend, workers, address, resume, log)
     finally:
         lock.release()
 

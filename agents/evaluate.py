@@ -33,6 +33,7 @@ from agents.flight import (
 )
 from agents.io import RowLog, replace_rows, write_json
 from agents.lock import FolderLock, LockError
+from agents.provenance import recorded
 from agents.metrics import EPISODE_COLUMNS, EpisodeResult, Summary
 from agents.parallel import check_backend, default_workers
 from agents.report import write_trajectories, write_video
@@ -79,8 +80,9 @@ def evaluate(
         if not overwrite and any((out_dir / name).exists() for name in ("episodes.csv", "metrics.json")):
             raise EvaluationError(f"{out_dir} already holds an evaluation; pass --overwrite to replace it "
                                   f"or choose another --out")
-        return _evaluate(spec, out_dir, episodes, seed, disturbances, deterministic, batch, backend, workers,
-                         address, video, trace, log)
+        with recorded(out_dir, "evaluate", {"episodes": [seed, seed + episodes - 1]}):
+            return _evaluate(spec, out_dir, episodes, seed, disturbances, deterministic, batch, backend, workers,
+                             address, video, trace, log)
 
 
 def _evaluate(spec: AgentSpec, out_dir: Path, episodes: int, seed: int, disturbances: dict[str, Any] | None,
@@ -105,7 +107,8 @@ def _evaluate(spec: AgentSpec, out_dir: Path, episodes: int, seed: int, disturba
 
     summary = Summary.of(results)
     write_json(out_dir / "metrics.json", {
-        "agent": spec.name, "run_dir": spec.run_dir, "env": spec.env_id, "env_kwargs": spec.env_kwargs,
+        "agent": spec.name, "run_dir": spec.run_dir, "model": None if spec.is_expert else spec.source,
+        "env": spec.env_id, "env_kwargs": spec.env_kwargs,
         "disturbances": disturbances, "episodes": episodes, "seeds": [seed, seed + episodes - 1],
         "deterministic": deterministic, "batch": batch, **summary.as_dict(),
     })
@@ -141,8 +144,10 @@ def main(args: Any) -> None:
     try:
         if args.run_dir is None and args.agent != EXPERT:
             raise ValueError("give a RUN_DIR to evaluate, or --agent expert (with --env) for the PID expert")
+        if args.step is not None and args.model != "checkpoint":
+            raise ValueError(f"--step {args.step} chooses a checkpoint: add --model checkpoint")
         [spec] = agents_from_args([args.run_dir] if args.run_dir else [], args.agent == EXPERT,
-                                  args.env, args.action)[-1:]
+                                  args.env, args.action, args.model, args.step)[-1:]
         disturbances = disturbance_dict(args.disturb)
         check_disturbances(spec, disturbances)
         check_backend(args.backend, args.address)
@@ -159,7 +164,8 @@ def main(args: Any) -> None:
     if args.out:
         out_dir = Path(args.out)
     elif args.run_dir:
-        out_dir = Path(args.run_dir) / f"eval-{'expert-' if spec.is_expert else ''}{_tag(disturbances)}"
+        model = "" if spec.is_expert or spec.source == "final" else spec.source.replace(" ", "") + "-"
+        out_dir = Path(args.run_dir) / f"eval-{'expert-' if spec.is_expert else model}{_tag(disturbances)}"
     else:
         out_dir = Path(args.root) / f"eval-expert-{spec.env_id.split('/')[-1]}-{_tag(disturbances)}"
     try:

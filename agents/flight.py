@@ -63,6 +63,7 @@ class AgentSpec:
     config: dict[str, Any] = field(default_factory=dict)
     model: bytes | None = field(default=None, repr=False)
     normalizer: ObsNormalizer | None = field(default=None, repr=False)
+    source: str = "final"  # which of the run's models (`agents.run.load_run`)
 
     @property
     def is_expert(self) -> bool:
@@ -99,15 +100,17 @@ def agent_of_run(run: Run, name: str | None = None) -> AgentSpec:
         config=config.to_dict(),
         model=run.model,
         normalizer=run.normalizer,
+        source=run.source,
     )
 
 
-def load_agent(run_dir: str | Path, name: str | None = None) -> AgentSpec:
-    """Read and check a finished run folder (`agents.run.load_run` + `check_model`) as an agent.
+def load_agent(run_dir: str | Path, name: str | None = None, model: str = "final",
+               step: int | None = None) -> AgentSpec:
+    """Read and check a run folder's ``model`` (`agents.run.load_run` + `check_model`) as an agent.
 
     :raise agents.run.RunError: naming the file, if the folder is not a usable finished run
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, model, step)
     check_model(run)
     return agent_of_run(run, name)
 
@@ -240,11 +243,11 @@ def resolve_env_id(name: str) -> str:
 
 
 def agents_from_args(run_dirs: Sequence[str], expert: bool, env: str | None,
-                     action: str | None) -> list[AgentSpec]:
-    """The runs (named by folder, or by path where folder names repeat) and optionally the expert,
-    which flies the first run's env (or ``env`` with ``action`` when no run is given)."""
+                     action: str | None, model: str = "final", step: int | None = None) -> list[AgentSpec]:
+    """The runs' ``model`` (named by folder, or by path where folder names repeat) and optionally
+    the expert, which flies the first run's env (or ``env`` with ``action`` when no run is given)."""
     names = [Path(d).name for d in run_dirs]
-    agents = [load_agent(d, name if names.count(name) == 1 else str(d).rstrip("/"))
+    agents = [load_agent(d, name if names.count(name) == 1 else str(d).rstrip("/"), model, step)
               for d, name in zip(run_dirs, names)]
     if expert:
         if agents:
@@ -267,6 +270,9 @@ class Flight:
     goals: list[Position] = field(default_factory=list)
     positions: np.ndarray | None = None  # [steps + 1, 3] m, world
     frames: list[np.ndarray] | None = None
+    goal_path: np.ndarray | None = None  # [steps + 1, 3] m, the current goal at each step (traced)
+    obstacles: list[tuple[float, float, float]] = field(default_factory=list)  # (x, y, radius) m
+    wind: Position = (0.0, 0.0, 0.0)  # the episode's steady wind, m/s, world
 
     @property
     def outcome(self) -> str:
@@ -300,6 +306,9 @@ class _InFlight:
         self.reward = 0.0
         self.time_s = 0.0
         self.positions = [tuple(env.unwrapped.sim.position)] if trace else None
+        self.goal_path = [tuple(env.unwrapped.goal)] if trace else None
+        self.obstacles = env.unwrapped.obstacles() if trace else []
+        self.wind = tuple(env.unwrapped.episode_disturbance.steady_wind)
         self.frames = [env.render()] if record else None
 
     def step(self, env: gym.Env, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
@@ -308,6 +317,7 @@ class _InFlight:
         self.time_s += info["dt"]
         if self.positions is not None:
             self.positions.append(tuple(env.unwrapped.sim.position))
+            self.goal_path.append(tuple(env.unwrapped.goal))
         if self.frames is not None:
             self.frames.append(env.render())
 
@@ -315,7 +325,8 @@ class _InFlight:
         result = episode_result(self.seed, info, terminated, truncated, self.actions, self.time_s, self.reward,
                                 self.shortest)
         positions = None if self.positions is None else np.array(self.positions)
-        return Flight(result, self.goals, positions, self.frames)
+        goal_path = None if self.goal_path is None else np.array(self.goal_path)
+        return Flight(result, self.goals, positions, self.frames, goal_path, self.obstacles, self.wind)
 
 
 def fly(

@@ -8,7 +8,7 @@ One flown episode is an `EpisodeResult`; a set of them summarises into a `Summar
 | `crash_rate`        | crashed episodes / episodes                                             |
 | `timeout_rate`      | episodes truncated at the time limit / episodes                         |
 | `error_rate`        | episodes that raised (no outcome; counted as failures, never dropped)   |
-| `spl`               | mean of S * L_shortest / max(L_flown, L_shortest) (Anderson et al. 2018) |
+| `spl`               | mean of S * L_shortest / max(L_flown, L_shortest) (Anderson et al. 2018); L_shortest enters each goal's success ball (`envs.shortest_path`) |
 | `time_to_goal_s`    | mean episode time of the successful episodes (s; NaN if none)           |
 | `final_distance_m`  | mean distance to the current goal at the last step (m)                  |
 | `action_smoothness` | mean over steps t >= 1 and action entries of |a_t - a_{t-1}| (actions in [-1, 1]) |

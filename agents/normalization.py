@@ -122,3 +122,12 @@ class ObsNormalizer:
     @classmethod
     def load(cls, path: Path) -> ObsNormalizer:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_pickle(cls, path: Path) -> ObsNormalizer:
+        """The statistics of SB3's pickled VecNormalize (``vecnormalize.pkl``). Unpickling can run
+        code: only for files of runs you trust (checkpoints have no JSON copy)."""
+        import pickle
+
+        with Path(path).open("rb") as handle:
+            return cls.of(pickle.load(handle))

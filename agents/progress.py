@@ -4,13 +4,17 @@
 job's log, CI, ``> file``) it prints a line such as
 ``[stress] 120/400 episodes (30 %), 41 s elapsed, ~96 s left`` every ``every_s`` seconds and at
 the end, so a log shows the loop advancing without carriage-return noise.
+
+`LogFile(path)` is a logger for lines that matter later (training's progress and evaluations):
+each line goes to the console (flushed) and is appended, time-stamped, to ``path``.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 
 class Progress:
@@ -54,3 +58,27 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def say(line: str) -> None:
+    """Print ``line`` at once (a log file behind stdout sees it without waiting for a buffer)."""
+    print(line, flush=True)
+
+
+class LogFile:
+    """Log lines to ``echo`` (the console; None: the file only) and append them to ``path`` as
+    ``<local time ISO 8601> <line>``; the file is opened per line, so it survives a kill."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None] | None = say) -> None:
+        self.path, self.echo = Path(path), echo
+
+    def __call__(self, line: str) -> None:
+        if self.echo is not None:
+            self.echo(line)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+    def quiet(self) -> LogFile:
+        """The same file without the console (for lines a progress bar already shows)."""
+        return LogFile(self.path, None)

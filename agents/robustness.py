@@ -249,23 +249,52 @@ def report(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MARKERS = "osD^vP*Xh<>"  # one per agent, so that agents stay apart without colour
+
+
 def plot_robustness(summary: dict[str, Any], path: Path) -> None:
-    """Success against level, one panel per axis, one line (with its Wilson band) per agent."""
+    """robustness.png: `robustness_figure` of a stress test's summary."""
+    save_figure(robustness_figure(summary), path)
+
+
+def robustness_figure(summary: dict[str, Any]) -> Any:
+    """Success against level, one panel per axis, one line per agent with its Wilson 95 % interval
+    as error bars. Agents differ by colour and marker and are set side by side around each level,
+    so equal lines and overlapping intervals stay visible; the x ticks are the levels flown. The
+    legend and the wrapped caption get their own room above and below the panels."""
+    import textwrap
+
     plt = pyplot()
     axes = list(summary["settings"]["levels"])
+    agents = list(summary["agents"].items())
     ncols = min(4, len(axes))
     nrows = math.ceil(len(axes) / ncols)
-    fig, panels = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows + 0.6), squeeze=False)
+    width = max(3.8 * ncols, 7.0)
+    settings = summary["settings"]
+    caption = textwrap.fill(
+        f"{settings['env']}: success vs disturbance level ({settings['episodes']} paired episodes per level). "
+        f"Bars: Wilson 95 % intervals; agents are drawn side by side around each level; dotted: nominal level.",
+        width=int(13 * width))
+    caption_in = 0.2 * (caption.count("\n") + 1) + 0.15
+    longest = max((len(name) for name, _ in agents), default=1)
+    legend_cols = max(1, min(len(agents), int(width / (0.08 * longest + 0.7))))  # ~0.08 in per character
+    legend_in = 0.28 * math.ceil(len(agents) / legend_cols) + 0.1
+    height = 3.0 * nrows + caption_in + legend_in
+    fig, panels = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for panel, axis in zip(panels.flat, axes):
-        for i, (name, entry) in enumerate(summary["agents"].items()):
+        levels = sorted({float(v) for _, entry in agents for v in entry["axes"][axis]["levels"]})
+        spacing = min(np.diff(levels)) if len(levels) > 1 else 1.0
+        for i, (name, entry) in enumerate(agents):
             a = entry["axes"][axis]
-            x = np.array(a["levels"], dtype=float)
-            colour = colours[i % len(colours)]
-            panel.plot(x, 100 * np.array(a["success"]), "o-", color=colour, ms=4, label=name)
-            panel.fill_between(x, 100 * np.array(a["success_low"]), 100 * np.array(a["success_high"]),
-                               color=colour, alpha=0.15, lw=0)
-            panel.axvline(a["nominal"], color=colour, ls=":", lw=0.8)
+            offset = 0.0 if len(agents) == 1 else (i / (len(agents) - 1) - 0.5) * 0.4 * spacing
+            x = np.array(a["levels"], dtype=float) + offset
+            success, low, high = (100 * np.array(a[key], dtype=float) for key in ("success", "success_low", "success_high"))
+            panel.errorbar(x, success, yerr=[success - low, high - success], fmt=f"{MARKERS[i % len(MARKERS)]}-",
+                           color=colours[i % len(colours)], ms=5, lw=1.1, elinewidth=0.9, capsize=2.5, label=name)
+        for nominal in {entry["axes"][axis]["nominal"] for _, entry in agents}:
+            panel.axvline(nominal, color="0.4", ls=":", lw=0.9)
+        panel.set_xticks(levels)
         panel.set(title=axis, xlabel=AXIS_LABELS[axis], ylim=(-3, 103))
         panel.grid(alpha=0.3)
     for panel in panels[:, 0]:
@@ -273,11 +302,9 @@ def plot_robustness(summary: dict[str, Any], path: Path) -> None:
     for panel in list(panels.flat)[len(axes):]:
         panel.set_visible(False)
     handles, labels = panels.flat[0].get_legend_handles_labels()
-    settings = summary["settings"]
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False)
-    fig.suptitle(f"{settings['env']}: success vs disturbance ({settings['episodes']} paired episodes per "
-                 f"level; bands: Wilson 95 %; dotted: nominal)", y=0.005, va="bottom", fontsize=9)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.93))
-    save_figure(fig, path)
+    fig.legend(handles, labels, loc="upper center", ncol=legend_cols, frameon=False)
+    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=9)
+    fig.tight_layout(rect=(0, caption_in / height, 1, 1 - legend_in / height))
+    return fig
 
 

@@ -8,17 +8,25 @@ Whoever writes a run (``liquid-drones train`` today), a run folder ``runs/<name>
 | ``model.zip`` | the final SB3 model (PPO for the ``mlp`` core, RecurrentPPO otherwise) |
 | ``normalization.json`` | observation normalisation statistics as plain numbers (`agents.normalization`) |
 | ``vecnormalize.pkl`` | the same statistics as SB3's pickled VecNormalize (for SB3 users) |
-| ``best_model.zip``, ``best_vecnormalize.pkl`` | the best periodic evaluation's model |
+| ``best_model.zip``, ``best_normalization.json`` | the best periodic evaluation's model and its statistics |
+| ``best_vecnormalize.pkl`` | the same statistics as SB3's pickled VecNormalize |
 | ``eval.csv``, ``training_curve.png`` | periodic evaluations (`EVAL_COLUMNS`) and their plot |
 | ``final_eval.json`` | the final evaluation's metrics |
 | ``checkpoints/step_<N>/`` | resumable checkpoints (`agents.checkpoint`) |
 | ``tb/`` | TensorBoard logs |
+| ``provenance.json`` | each training session: package version, git commit, command, seeds, times (`agents.provenance`) |
+| ``train.log`` | training's progress and evaluation lines, time-stamped, appended by every session |
 
 Reading a run needs this format only, never the training code: `load_run` reads the files
 without building an env, and `check_model` loads the model once to check it against the config.
 Run folders hold pickled objects (SB3 stores parts of ``model.zip`` with cloudpickle; the
 checkpoints keep ``vecnormalize.pkl``): loading a run can execute code, so load only runs you
 trust. Evaluation reads the normalisation from ``normalization.json``, never the pickle.
+
+`load_run` reads the final model by default; ``model="best"`` the best periodic evaluation's
+(``best_model.zip`` + ``best_normalization.json``) and ``model="checkpoint"`` a checkpoint's
+(``checkpoints/step_<N>/``: its normalisation exists only as SB3's ``vecnormalize.pkl``, which
+is unpickled — loading a checkpoint is for runs you trust, like loading any model.zip).
 """
 
 from __future__ import annotations
@@ -48,11 +56,14 @@ MODEL_FILE = "model.zip"
 NORMALIZER_FILE = "vecnormalize.pkl"
 BEST_MODEL_FILE = "best_model.zip"
 BEST_NORMALIZER_FILE = "best_vecnormalize.pkl"
+BEST_NORMALIZATION_FILE = "best_normalization.json"
+MODEL_CHOICES = ("final", "best", "checkpoint")  # which model of a run `load_run` reads
 EVAL_FILE = "eval.csv"
 CURVE_FILE = "training_curve.png"
 FINAL_EVAL_FILE = "final_eval.json"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tb"
+TRAIN_LOG = "train.log"
 EVAL_COLUMNS = ("timesteps", "success_rate", "crash_rate", "mean_reward", "std_reward", "mean_length",
                 "wall_time_s")
 
@@ -123,13 +134,20 @@ class Run:
     config: Config
     model: bytes
     normalizer: ObsNormalizer | None
+    source: str = "final"  # which model: "final", "best" or "checkpoint <step>"
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read a finished run (config.yaml, model.zip and, when configured, vecnormalize.pkl).
+def load_run(run_dir: str | Path, model: str = "final", step: int | None = None) -> Run:
+    """Read a run: config.yaml, the chosen model and, when configured, its normalisation.
 
-    :raise RunError: if ``run_dir`` is missing or is not a finished run folder
+    :param model: ``final`` (model.zip + normalization.json), ``best`` (best_model.zip +
+        best_normalization.json) or ``checkpoint`` (``step``, default the newest)
+    :raise RunError: if ``run_dir`` is missing or is not a run folder, or lacks the chosen model
     """
+    if model not in MODEL_CHOICES:
+        raise RunError(f"unknown model {model!r}; allowed: {', '.join(MODEL_CHOICES)}")
+    if step is not None and model != "checkpoint":
+        raise RunError(f"a step ({step}) chooses a checkpoint: use it with model 'checkpoint', not {model!r}")
     path = Path(run_dir)
     if not path.is_dir():
         raise RunError(f"run folder {str(run_dir)!r} not found (expected a folder written by "
@@ -138,20 +156,51 @@ def load_run(run_dir: str | Path) -> Run:
         config = read_run_config(path / CONFIG_FILE)
     except ConfigError as error:
         raise RunError(f"{path} is not a usable run folder: {error}") from None
-    model = path / MODEL_FILE
-    if not model.is_file():
-        raise RunError(f"{path} has no {MODEL_FILE}: training has not finished (a checkpoint under "
-                       f"{path / CHECKPOINT_DIR} can be resumed with `liquid-drones train --resume {path}`)")
+    if model == "checkpoint":
+        return _load_checkpoint(path, config, step)
+    model_file, stats = (path / MODEL_FILE, path / NORMALIZATION_FILE) if model == "final" else \
+        (path / BEST_MODEL_FILE, path / BEST_NORMALIZATION_FILE)
+    if not model_file.is_file():
+        raise RunError(f"{path} has no {model_file.name}: " + (
+            f"training has not finished (a checkpoint under {path / CHECKPOINT_DIR} can be resumed with "
+            f"`liquid-drones train --resume {path}`)" if model == "final" else "no periodic evaluation was run"))
     normalizer = None
     if config.env.normalize_obs:
-        file = path / NORMALIZATION_FILE
-        if not file.is_file():
-            raise RunError(f"{path} has no {NORMALIZATION_FILE}, but its config normalises observations")
-        try:
-            normalizer = ObsNormalizer.load(file)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise RunError(f"{file} is unreadable: {error}") from None
-    return Run(path.resolve(), config, model.read_bytes(), normalizer)
+        if model == "best" and not stats.is_file() and (path / BEST_NORMALIZER_FILE).is_file():
+            stats = path / BEST_NORMALIZER_FILE  # a run written before best_normalization.json existed
+        normalizer = _read_normalizer(stats, path)
+    return Run(path.resolve(), config, model_file.read_bytes(), normalizer, model)
+
+
+def _load_checkpoint(path: Path, config: Config, step: int | None) -> Run:
+    """A checkpoint's model and normalisation (`agents.checkpoint.verify` checks its files)."""
+    from agents.checkpoint import CheckpointError, list_checkpoints, verify
+
+    found = {int(p.name.rsplit("_", 1)[1]): p for p in list_checkpoints(path / CHECKPOINT_DIR)}
+    if not found:
+        raise RunError(f"{path} has no checkpoints under {CHECKPOINT_DIR}/")
+    if step is None:
+        step = max(found)
+    if step not in found:
+        raise RunError(f"{path} has no checkpoint at step {step}; it has steps {', '.join(map(str, sorted(found)))}")
+    try:
+        checkpoint = verify(found[step])
+    except CheckpointError as error:
+        raise RunError(str(error)) from None
+    normalizer = None
+    if config.env.normalize_obs:
+        normalizer = _read_normalizer(checkpoint.path / NORMALIZER_FILE, path)
+    return Run(path.resolve(), config, checkpoint.model.read_bytes(), normalizer, f"checkpoint {step}")
+
+
+def _read_normalizer(file: Path, run: Path) -> ObsNormalizer:
+    """Statistics from ``normalization.json``-style JSON, or SB3's pickled VecNormalize (``.pkl``)."""
+    if not file.is_file():
+        raise RunError(f"{run} has no {file.relative_to(run)}, but its config normalises observations")
+    try:
+        return ObsNormalizer.from_pickle(file) if file.suffix == ".pkl" else ObsNormalizer.load(file)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError) as error:
+        raise RunError(f"{file} is unreadable: {error}") from None
 
 
 def load_model(config: Config, model: bytes, source: str | Path) -> Any:

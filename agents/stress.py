@@ -37,6 +37,7 @@ from agents.flight import (
 )
 from agents.io import RowLog, replace_rows, timestamped_name, write_json
 from agents.lock import FolderLock, LockError
+from agents.provenance import recorded
 from agents.metrics import EPISODE_COLUMNS
 from agents.parallel import check_backend
 from agents.robustness import NOMINAL, StressError, analyse, cell_of, nominal_level
@@ -196,11 +197,11 @@ def _run_sweep(sweep: Sweep, out_dir: Path, backend: str, workers: int | None, a
         replace_rows(csv_path, columns, (row for cell_rows in done.values() for row in cell_rows))
         jobs = [job for job in jobs if cell_of(job.tag) not in done]
         log(f"resuming {out_dir}: {len(done)} level(s) already flown, {len(jobs)} to go")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(settings_path, settings)
-    episode_log = RowLog(csv_path, columns, append=resume)
-    run_flight_jobs(jobs, episode_log, backend, workers, address, desc="stress")
-    return analyse(sweep, RowLog.read(csv_path), out_dir, log)
+    with recorded(out_dir, "stress", {"episodes": settings["seeds"]}):
+        write_json(settings_path, settings)
+        episode_log = RowLog(csv_path, columns, append=resume)
+        run_flight_jobs(jobs, episode_log, backend, workers, address, desc="stress")
+        return analyse(sweep, RowLog.read(csv_path), out_dir, log)
 
 
 def sweep_from_args(args: Any) -> Sweep:

@@ -30,6 +30,7 @@ from agents.compare import model_facts
 from agents.flight import load_agent
 from agents.io import RowLog, write_json, write_rows
 from agents.lock import FolderLock, LockError
+from agents.provenance import recorded
 from agents.parallel import check_backend, run_jobs
 from agents.robustness import NOMINAL, StressError, nominal_level
 from agents.run import EVAL_FILE, FINAL_EVAL_FILE, read_eval_rows
@@ -156,38 +157,39 @@ def run_study(spec: StudySpec, out_dir: Path, workers: int = 2, backend: str = "
         spec_file = out_dir / "spec.json"
         if spec_file.exists() and json.loads(spec_file.read_text()) != json.loads(json.dumps(spec.to_dict())):
             raise StudyError(f"{out_dir} holds a study of another spec; choose another --out")
-        write_json(spec_file, spec.to_dict())
-        result = StudyResult(out_dir)
-        _train_stage(spec, out_dir, backend, workers, address, result, log)
+        with recorded(out_dir, "study", {"training": list(spec.seeds)}):
+            write_json(spec_file, spec.to_dict())
+            result = StudyResult(out_dir)
+            _train_stage(spec, out_dir, backend, workers, address, result, log)
 
-        names = {run_name(v.name, s): (v.name, s) for v in spec.variants for s in spec.seeds
-                 if run_name(v.name, s) not in result.failed}
-        if not names:
-            raise StudyError(f"every run failed: {result.failed}")
-        run_rows = [_run_facts(spec, variant, seed, out_dir / "runs" / variant / f"seed-{seed}",
-                               "failed" if run_name(variant, seed) in result.failed else "finished")
-                    for variant, seed in ((v.name, s) for v in spec.variants for s in spec.seeds)]
-        write_rows(run_rows, out_dir, "runs")
-        curve_rows = [{"variant": variant, "seed": seed, **row} for name, (variant, seed) in names.items()
-                      for row in read_eval_rows(out_dir / "runs" / variant / f"seed-{seed}" / EVAL_FILE)]
-        write_rows(curve_rows, out_dir, "curves")
+            names = {run_name(v.name, s): (v.name, s) for v in spec.variants for s in spec.seeds
+                     if run_name(v.name, s) not in result.failed}
+            if not names:
+                raise StudyError(f"every run failed: {result.failed}")
+            run_rows = [_run_facts(spec, variant, seed, out_dir / "runs" / variant / f"seed-{seed}",
+                                   "failed" if run_name(variant, seed) in result.failed else "finished")
+                        for variant, seed in ((v.name, s) for v in spec.variants for s in spec.seeds)]
+            write_rows(run_rows, out_dir, "runs")
+            curve_rows = [{"variant": variant, "seed": seed, **row} for name, (variant, seed) in names.items()
+                          for row in read_eval_rows(out_dir / "runs" / variant / f"seed-{seed}" / EVAL_FILE)]
+            write_rows(curve_rows, out_dir, "curves")
 
-        episodes, sweep = _stress_stage(spec, out_dir, names, backend, workers, address, log)
-        episode_rows = [{**row, "variant": names[row["agent"]][0], "seed": names[row["agent"]][1],
-                         "episode_seed": row["seed"]} for row in episodes]
-        nominal = {axis: nominal_level(axis, sweep.agents[0]) for axis in sweep.levels}
-        variants_left = {variant for variant, _ in names.values()}
-        reference = spec.reference if spec.reference in variants_left else sorted(variants_left)[0]
-        result.summary = analyse_study(
-            [row for row in episode_rows if row["axis"] == NOMINAL or float(row["level"]) != nominal[row["axis"]]],
-            [row for row in run_rows if row["status"] == "finished"], curve_rows, reference, spec.learned_level,
-            {axis: AXIS_LABELS[axis] for axis in sweep.levels}, resamples=resamples, nominal_levels=nominal)
-        result.summary["settings"].update({"study": spec.name, "failed_runs": result.failed,
-                                           "training": dict(spec.tune and {"tune": spec.tune})})
-        write_study_report(result.summary, out_dir)
-        log(f"study {spec.name}: trained {len(result.trained)}, reused {len(result.reused)}, "
-            f"failed {len(result.failed)} -> {out_dir}/report.md")
-        return result
+            episodes, sweep = _stress_stage(spec, out_dir, names, backend, workers, address, log)
+            episode_rows = [{**row, "variant": names[row["agent"]][0], "seed": names[row["agent"]][1],
+                             "episode_seed": row["seed"]} for row in episodes]
+            nominal = {axis: nominal_level(axis, sweep.agents[0]) for axis in sweep.levels}
+            variants_left = {variant for variant, _ in names.values()}
+            reference = spec.reference if spec.reference in variants_left else sorted(variants_left)[0]
+            result.summary = analyse_study(
+                [row for row in episode_rows if row["axis"] == NOMINAL or float(row["level"]) != nominal[row["axis"]]],
+                [row for row in run_rows if row["status"] == "finished"], curve_rows, reference, spec.learned_level,
+                {axis: AXIS_LABELS[axis] for axis in sweep.levels}, resamples=resamples, nominal_levels=nominal)
+            result.summary["settings"].update({"study": spec.name, "failed_runs": result.failed,
+                                               "training": dict(spec.tune and {"tune": spec.tune})})
+            write_study_report(result.summary, out_dir)
+            log(f"study {spec.name}: trained {len(result.trained)}, reused {len(result.reused)}, "
+                f"failed {len(result.failed)} -> {out_dir}/report.md")
+            return result
 
 
 def main(args: Any) -> None:

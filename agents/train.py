@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import torch as th
+import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -33,9 +34,12 @@ from agents.callbacks import (
     CheckpointEvery,
     EvalEvery,
     EvalSummary,
+    HyperParameters,
     ProgressLines,
     RolloutStatsCallback,
     StopAfter,
+    StopOnInterrupt,
+    TrainingInterrupted,
     eval_row,
     evaluate_model,
 )
@@ -55,6 +59,8 @@ from agents.io import atomic_write, timestamped_name, write_json
 from agents.lock import LOCK_FILE, FolderLock, LockError
 from agents.normalization import NORMALIZATION_FILE, ObsNormalizer, StepDurationVecNormalize
 from agents.preflight import preflight
+from agents.progress import LogFile, say
+from agents.provenance import recorded
 from agents.report import plot_training_curve
 from agents.run import (
     CHECKPOINT_DIR,
@@ -66,6 +72,7 @@ from agents.run import (
     NORMALIZER_FILE,
     TENSORBOARD_DIR,
     RunError,
+    TRAIN_LOG,
     algorithm_class,
     append_eval_row,
     load_model,
@@ -79,6 +86,8 @@ from agents.run import (
 from policies.encoders import ConvStateEncoder
 from policies.sb3_policy import CorePolicy
 
+# What a step or close of SubprocVecEnv raises once its workers are gone.
+ENV_WORKER_GONE = (EOFError, BrokenPipeError, ConnectionResetError)
 ACTIVATIONS = {"tanh": th.nn.Tanh, "relu": th.nn.ReLU, "elu": th.nn.ELU, "silu": th.nn.SiLU}
 
 
@@ -204,16 +213,20 @@ def train(
     config: Config,
     run_dir: Path,
     resume: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> TrainResult:
     """Train as configured into ``run_dir`` (a fresh folder, or an existing run when ``resume``).
+
+    Lines are given to ``log`` and appended to ``run_dir/train.log``. Ctrl-C (SIGINT) saves a
+    checkpoint, model.zip and the normalisation, then raises `TrainingInterrupted`.
 
     :raise ConfigError: on resume, if ``config`` changes a key that fixes the model or its data
     :raise CheckpointError: on resume, if there is no usable checkpoint
     """
     started = time.time()
     preflight(config)
-    with FolderLock(run_dir, "run folder", log):
+    seeds = {"train": config.train.seed, "evaluation": evaluation_seeds(config, 1)[0]}
+    with FolderLock(run_dir, "run folder", log), recorded(run_dir, "train", seeds):
         return _train_locked(config, run_dir, resume, log, started)
 
 
@@ -225,11 +238,13 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
     remove_partial_checkpoints(run_dir / CHECKPOINT_DIR)
     ckpt = checkpoint_to_resume(config, run_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
+    log = LogFile(run_dir / TRAIN_LOG, log)
     if not resume or read_run_config(run_dir / CONFIG_FILE) != config:
         save_config(config, run_dir / CONFIG_FILE)  # once; on resume only for a change the rules allow
 
     # A resumed run draws new episodes: its envs are seeded past the steps already taken.
     venv = make_vec_env(config, config.env.n_envs, config.train.seed + (ckpt.step if ckpt else 0), time_input)
+    interrupt = StopOnInterrupt(log)
     try:
         if ckpt is None and config.train.init_from:
             model = fine_tuning_model(config, venv, run_dir, time_input, log)
@@ -241,19 +256,30 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
         remaining = config.train.total_timesteps - model.num_timesteps
         reached = None
         if remaining > 0:
-            callbacks = training_callbacks(config, run_dir)
+            callbacks = training_callbacks(config, run_dir, log)
             bar = config.train.progress_bar and sys.stdout.isatty()
-            if config.train.progress_bar and not bar:
-                callbacks.callbacks.append(ProgressLines(config.train.total_timesteps))
-            model.learn(remaining, callback=callbacks, tb_log_name="run",
-                        reset_num_timesteps=ckpt is None and not config.train.init_from, progress_bar=bar)
+            lines_on_console = config.train.progress_bar and not bar
+            callbacks.callbacks += [ProgressLines(config.train.total_timesteps,
+                                                  write=log if lines_on_console else log.quiet()), interrupt]
+            log(f"training {config.env.id} with core {config.policy.core}, seed {config.train.seed}, "
+                f"from step {model.num_timesteps:,} to {config.train.total_timesteps:,} (Ctrl-C saves and stops)")
+            learn(model, remaining, callbacks, ckpt is not None or bool(config.train.init_from), bar, interrupt)
             reached = next((c.target_reached_at for c in callbacks.callbacks if isinstance(c, EvalEvery)), None)
             if reached is not None:
                 log(f"success target {config.train.stop_at_success:.0%} reached at step {reached:,}: stopping")
-        save_run(model, config, run_dir)
+        save_run(model, config, run_dir, checkpoint=bool(config.checkpoint.freq) or interrupt.requested)
+        if interrupt.requested:
+            message = (f"interrupted at step {model.num_timesteps:,}: saved a checkpoint and {MODEL_FILE} in "
+                       f"{run_dir}; continue with `liquid-drones train --resume {run_dir}`")
+            log(message)
+            raise TrainingInterrupted(message)
         final = final_evaluation(model, config, run_dir, time.time() - started, reached)
     finally:
-        venv.close()
+        try:
+            venv.close()
+        except ENV_WORKER_GONE:
+            if not interrupt.requested:
+                raise
 
     minutes = (time.time() - started) / 60
     log(f"trained {model.num_timesteps:,} env steps in {minutes:.1f} min -> {run_dir}")
@@ -324,6 +350,18 @@ def _dotted(config: Config, key: str) -> Any:
     return getattr(getattr(config, section), name)
 
 
+def learn(model: BaseAlgorithm, steps: int, callbacks: CallbackList, resumed: bool, progress_bar: bool,
+          interrupt: StopOnInterrupt) -> None:
+    """``model.learn(steps)``; Ctrl-C ends it at the next env step (``interrupt.requested``)."""
+    with interrupt:
+        try:
+            model.learn(steps, callback=callbacks, tb_log_name="run", reset_num_timesteps=not resumed,
+                        progress_bar=progress_bar)
+        except ENV_WORKER_GONE:
+            if not interrupt.requested:  # a terminal's Ctrl-C also ends subprocess env workers
+                raise
+
+
 def checkpoint_to_resume(config: Config, run_dir: Path) -> Checkpoint:
     """The newest checkpoint of ``run_dir``, after checking ``config`` may continue that run."""
     changed = incompatible_keys(read_run_config(run_dir / CONFIG_FILE), config)
@@ -357,15 +395,16 @@ def evaluation_seeds(config: Config, episodes: int) -> list[int]:
     return list(range(first, first + episodes))
 
 
-def training_callbacks(config: Config, run_dir: Path) -> CallbackList:
+def training_callbacks(config: Config, run_dir: Path, log: Callable[[str], None] = say) -> CallbackList:
     """Rollout statistics, periodic evaluation (best model, stop at target), a time limit and
     checkpoints, as configured."""
-    callbacks: list[BaseCallback] = [RolloutStatsCallback()]
+    callbacks: list[BaseCallback] = [RolloutStatsCallback(), HyperParameters(config.to_dict())]
     if config.eval.freq:
         callbacks.append(EvalEvery(config.eval.freq, agent_of_config(config, run_dir.name),
                                    config.env.kwargs.get("disturbances") or {},
                                    evaluation_seeds(config, config.eval.n_episodes), run_dir,
-                                   run_dir / EVAL_FILE, config.eval.deterministic, config.train.stop_at_success))
+                                   run_dir / EVAL_FILE, config.eval.deterministic, config.train.stop_at_success,
+                                   log))
     if config.train.max_minutes is not None:
         callbacks.append(StopAfter(config.train.max_minutes))
     if config.checkpoint.freq:
@@ -373,10 +412,10 @@ def training_callbacks(config: Config, run_dir: Path) -> CallbackList:
     return CallbackList(callbacks)
 
 
-def save_run(model: BaseAlgorithm, config: Config, run_dir: Path) -> None:
-    """model.zip, the normalisation (normalization.json and vecnormalize.pkl), plus a final
-    checkpoint so that a longer --resume continues here."""
-    if config.checkpoint.freq:
+def save_run(model: BaseAlgorithm, config: Config, run_dir: Path, checkpoint: bool = True) -> None:
+    """model.zip, the normalisation (normalization.json and vecnormalize.pkl), plus (``checkpoint``)
+    a final checkpoint so that a longer --resume continues here."""
+    if checkpoint:
         save_checkpoint(model, run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
     write_model_files(model, run_dir)
 
@@ -402,7 +441,13 @@ def final_evaluation(model: BaseAlgorithm, config: Config, run_dir: Path, wall_t
                                   config.env.kwargs.get("disturbances") or {}, config.eval.deterministic)
         final = EvalSummary.of(episodes)
         append_eval_row(run_dir / EVAL_FILE, eval_row(model.num_timesteps, final, wall_time_s))
-    plot_training_curve(read_eval_rows(run_dir / EVAL_FILE), run_dir / CURVE_FILE, run_dir.name)
+        if getattr(model, "_logger", None) is not None:  # TensorBoard, when this session learned
+            for key in ("success_rate", "success_low", "success_high", "crash_rate", "spl", "final_distance_m"):
+                model.logger.record(f"final/{key}", getattr(final, key))
+            model.logger.dump(model.num_timesteps)
+    plot_training_curve(read_eval_rows(run_dir / EVAL_FILE), run_dir / CURVE_FILE,
+                        f"{run_dir.name}: {config.env.id.split('/')[-1]}, core {config.policy.core}, "
+                        f"seed {config.train.seed}")
     write_json(run_dir / FINAL_EVAL_FILE, {"timesteps": model.num_timesteps, "target_reached_at": target_reached_at,
                                            **(final.as_dict() if final else {})})
     return final
@@ -433,7 +478,6 @@ def main(args: Any) -> None:
         if args.resume:
             run_dir = Path(args.resume)
             config = resumed_config(args, overrides)
-            preflight(config)
         else:
             if args.init_from:
                 overrides.append(f"train.init_from={args.init_from}")
@@ -443,10 +487,16 @@ def main(args: Any) -> None:
             else:
                 name = args.config or DEFAULT_CONFIG
                 config = load_config(name, overrides)
-            preflight(config)
+        if args.print_config:
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            return
+        preflight(config)
+        if not args.resume:
             run_dir = prepare_run_dir(Path(args.root), args.name or timestamped_name(run_label(name, config)))
         train(config, run_dir, resume=bool(args.resume))
     except (ConfigError, CheckpointError, LockError) as error:
         sys.exit(f"error: {error}")
+    except TrainingInterrupted:
+        sys.exit(130)  # the shell's code for Ctrl-C; the message is already logged
     except OSError as error:
         sys.exit(f"error: cannot write the run: {error}")

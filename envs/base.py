@@ -21,6 +21,7 @@ from envs.disturbances import COMMON_AXES, IMAGE_AXES, Disturbances, EpisodeDist
 from envs.params import CONTROL_HZ, CRAZYFLIE, PHYSICS_HZ, QuadrotorParams
 from envs.quadrotor import QuadrotorSim
 from envs.sensors import ForwardCamera
+from envs.shortest_path import shortest_path_through_balls
 
 Position = tuple[float, float, float]
 
@@ -256,15 +257,24 @@ class QuadrotorEnv(gym.Env):
     def _marker_positions(self) -> list[Position]:
         return [self.goal]
 
+    def obstacles(self) -> list[tuple[float, float, float]]:
+        """The episode's vertical cylinders as (x, y, radius) in m, world; none but in Forest."""
+        return []
+
     def route(self) -> list[Position]:
         """The goals of the episode in visiting order (m, world); one for most tasks."""
         return [self.goal]
 
+    def goal_radius(self) -> float:
+        """Radius (m) around each goal of :meth:`route` within which the goal counts as reached."""
+        raise NotImplementedError
+
     def shortest_path_length(self) -> float:
-        """Length (m) of the straight legs from the start through :meth:`route`, the L_shortest
-        of SPL; NaN where the goal moves (no fixed path to compare with)."""
-        corners = [self.start_position, *self.route()]
-        return float(sum(math.dist(a, b) for a, b in zip(corners, corners[1:])))
+        """Length (m) of the shortest path from the start that enters, in order, the ball of
+        :meth:`goal_radius` around each goal of :meth:`route` (`envs.shortest_path`): the
+        L_shortest of SPL, never longer than a successful flight. Obstacles are ignored (a lower
+        bound in Forest); NaN where the goal moves (no fixed path to compare with)."""
+        return shortest_path_through_balls(self.start_position, self.route(), self.goal_radius())
 
     # --- shared helpers for tasks ------------------------------------------------------------
     def distance_to_goal(self) -> float:

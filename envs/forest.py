@@ -114,6 +114,12 @@ class ForestEnv(QuadrotorEnv):
         self._goal: Position = (goal_distance, 0.0, FLIGHT_HEIGHT)
         self._ranges = [1.0] * num_rays
 
+    def obstacles(self) -> list[tuple[float, float, float]]:
+        return [(x, y, self.tree_radius) for x, y, _ in self.trees]
+
+    def goal_radius(self) -> float:
+        return self.success_radius
+
     @property
     def goal(self) -> Position:
         return self._goal

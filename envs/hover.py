@@ -92,6 +92,9 @@ class HoverEnv(QuadrotorEnv):
         self.success_speed = success_speed
         self._target: Position = (0.0, 0.0, min_height)
 
+    def goal_radius(self) -> float:
+        return self.success_radius
+
     @property
     def goal(self) -> Position:
         return self._target

@@ -141,5 +141,8 @@ class WaypointsEnv(QuadrotorEnv):
     def _marker_positions(self) -> list[Position]:
         return self.waypoints[self._reached:]
 
+    def goal_radius(self) -> float:
+        return self.waypoint_radius
+
     def route(self) -> list[Position]:
         return list(self.waypoints)

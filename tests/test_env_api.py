@@ -181,12 +181,13 @@ def test_rgb_array_render_returns_a_chase_camera_frame_that_follows_the_drone():
 def test_shortest_path_length_follows_the_route_and_is_nan_for_a_moving_goal():
     hover = envs.HoverEnv()
     hover.reset(seed=0)
-    assert hover.shortest_path_length() == pytest.approx(math.dist(hover.start_position, hover.goal))
+    assert hover.shortest_path_length() == pytest.approx(math.dist(hover.start_position, hover.goal) - 0.10)
     route = envs.WaypointsEnv()
     route.reset(seed=0)
     corners = [route.start_position, *route.waypoints]
     legs = sum(math.dist(a, b) for a, b in zip(corners, corners[1:]))
-    assert route.route() == route.waypoints and route.shortest_path_length() == pytest.approx(legs)
+    assert route.route() == route.waypoints
+    assert legs - 0.2 - 3 * 0.4 <= route.shortest_path_length() <= legs - 0.2  # enters each 0.2 m ball
     follow = envs.FollowEnv()
     follow.reset(seed=0)
     assert math.isnan(follow.shortest_path_length())

@@ -94,7 +94,7 @@ def test_expert_on_hover_succeeds_and_its_metrics_are_consistent():
         env.reset(seed=seed)
         start, goal = env.unwrapped.sim.position, env.unwrapped.goal
         assert r.success and not r.crashed and not r.timeout and r.error == ""
-        assert r.shortest_path_m == pytest.approx(math.dist(start, goal))
+        assert r.shortest_path_m == pytest.approx(math.dist(start, goal) - 0.10)  # to the 0.10 m success ball
         assert r.shortest_path_m <= r.path_length_m
         assert 0.5 < r.spl <= 1.0
         assert r.time_s == pytest.approx(r.steps / 48) and r.time_to_goal_s >= 1.0  # includes the 1 s hold
@@ -102,7 +102,7 @@ def test_expert_on_hover_succeeds_and_its_metrics_are_consistent():
     env.close()
 
 
-def test_waypoints_shortest_path_is_the_sum_of_the_straight_legs():
+def test_waypoints_shortest_path_cuts_the_waypoint_radius_off_the_straight_legs():
     spec = expert_spec("LiquidDrones/Waypoints-v0")
     [flight] = fly(spec, [3])
     env = gym.make("LiquidDrones/Waypoints-v0")
@@ -111,7 +111,9 @@ def test_waypoints_shortest_path_is_the_sum_of_the_straight_legs():
     env.close()
     legs = sum(math.dist(a, b) for a, b in zip(corners, corners[1:]))
     assert len(corners) == 5
-    assert flight.result.shortest_path_m == pytest.approx(legs)
+    # between the bound of the triangle inequality and the path through the centres stopping 0.2 m short
+    assert legs - 0.2 - 3 * 0.4 <= flight.result.shortest_path_m <= legs - 0.2
+    assert flight.result.shortest_path_m <= flight.result.path_length_m
     assert flight.goals == [tuple(w) for w in corners[1:]]
 
 

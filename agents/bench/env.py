@@ -88,10 +88,12 @@ def _plot(speed: list[dict[str, Any]], memory: list[dict[str, Any]], path: Path)
         rows = [r for r in memory if r["env"] == env_name]
         right.plot([r["resets"] for r in rows], [r["rss_mib"] for r in rows], marker="o",
                    label=env_name)
+    growth = max(r["rss_mib"] for r in memory) - min(r["rss_mib"] for r in memory)
+    right.set_ylim(0, 1.15 * max(r["rss_mib"] for r in memory))  # from 0: a flat line must look flat
     right.set_xlabel("resets")
-    right.set_ylabel("resident memory (MiB)")
-    right.set_title("Memory over resets")
-    right.legend()
+    right.set_ylabel("resident memory of the process (MiB)")
+    right.set_title(f"Memory over resets (whole range: {growth:.1f} MiB)")
+    right.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 

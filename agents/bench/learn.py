@@ -99,16 +99,19 @@ def main(out_dir: str = "runs/bench", quick: bool = False, configs: tuple[str, .
             for how in methods if name in selected else ():
                 rows.append(time_to_success(name, level, 1.0 if quick else budget, 8192 if quick else 50_000,
                                             n_episodes, out / "learn-runs" / f"{name}-{how}", how))
+    last = ["-" if r["last_success_rate"] is None else f"{100 * r['last_success_rate']:.0f} %" for r in rows]
     shown = [{"config": r["config"], "method": r["method"], "level": f"{100 * r['level']:.0f} %",
               "reached": "yes" if r["reached"] else "NO",
               "env steps / labels": f"{r['env_steps']:,}", "minutes": f"{r['minutes']:.1f}",
-              "budget (min)": f"{r['budget_min']:.0f}",
-              "last success": "-" if r["last_success_rate"] is None else f"{100 * r['last_success_rate']:.0f} %"}
-             for r in rows]
+              "budget (min)": f"{r['budget_min']:.0f}", "last success": success}
+             for r, success in zip(rows, last)]
     print_rows(shown, f"Time to success level (evaluations over {n_episodes} episodes)")
     stem = (f"learn-{selected[0]}" if configs else "learn") + ("" if method == "rl" else f"-{method}")
     write_rows(rows, out, stem)
-    bar_chart(out / f"{stem}.png",
-              [f"{r['config']} {r['method']}{'' if r['reached'] else ' (NOT reached)'}" for r in rows],
-              [r["minutes"] for r in rows], "wall-clock minutes to the success level (or budget)", "Time to solve")
+    bar_chart(out / f"{stem}.png", [f"{r['config']} {r['method']}" for r in rows], [r["minutes"] for r in rows],
+              "wall-clock minutes to the success level (grey: the whole budget, level not reached)", "Time to solve",
+              failed=[not r["reached"] for r in rows],
+              notes=[f"{100 * r['level']:.0f} % reached" if r["reached"] else f"NOT reached: best {success}"
+                     for r, success in zip(rows, last)],
+              failed_label="level not reached within the budget")
     return rows
