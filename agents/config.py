@@ -273,7 +273,7 @@ def _check_consistency(config: Config) -> None:
             f"({config.rollout_size})"
         )
     if config.train.stop_at_success is not None and not config.eval.freq:
-        raise ConfigError("train.stop_at_success needs periodic evaluations; set eval.freq > 0")
+        raise ConfigError("train.stop_at_success needs periodic evaluations; set eval.freq > 0 or train.stop_at_success=null")
     if config.policy.core == "mlp" and config.policy.critic != "separate":
         raise ConfigError("policy.critic: the mlp core has no memory to share; allowed value for mlp: separate")
     if config.policy.core == "mlp" and config.policy.time_input is True:

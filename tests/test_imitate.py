@@ -44,6 +44,7 @@ def tiny(core: str, **extra: str) -> list[str]:
         "algo.batch_size": "64",
         "algo.n_epochs": "2",
         "train.progress_bar": "false",
+        "train.stop_at_success": "null",
         "imitation.demo_episodes": "8",
         "imitation.heldout_episodes": "2",
         "imitation.epochs": "3",
