@@ -197,8 +197,12 @@ def train(
     run_dir: Path,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    on_evaluation: Callable[[int, EvalSummary], None] | None = None,
 ) -> TrainResult:
     """Train as configured into ``run_dir`` (a fresh folder, or an existing run when ``resume``).
+
+    ``on_evaluation(timesteps, summary)`` is called after every periodic evaluation (`EvalEvery`);
+    an exception it raises ends training at once and leaves ``train`` with the envs closed.
 
     :raise ConfigError: on resume, if ``config`` changes a key that fixes the model or its data
     :raise CheckpointError: on resume, if there is no usable checkpoint
@@ -224,7 +228,7 @@ def train(
         remaining = config.train.total_timesteps - model.num_timesteps
         reached = None
         if remaining > 0:
-            callbacks = training_callbacks(config, run_dir)
+            callbacks = training_callbacks(config, run_dir, on_evaluation)
             bar = config.train.progress_bar and sys.stdout.isatty()
             if config.train.progress_bar and not bar:
                 callbacks.callbacks.append(ProgressLines(config.train.total_timesteps))
@@ -278,15 +282,17 @@ def evaluation_seeds(config: Config, episodes: int) -> list[int]:
     return list(range(first, first + episodes))
 
 
-def training_callbacks(config: Config, run_dir: Path) -> CallbackList:
-    """Rollout statistics, periodic evaluation (best model, stop at target), a time limit and
-    checkpoints, as configured."""
+def training_callbacks(config: Config, run_dir: Path,
+                       on_evaluation: Callable[[int, EvalSummary], None] | None = None) -> CallbackList:
+    """Rollout statistics, periodic evaluation (best model, stop at target, ``on_evaluation``), a
+    time limit and checkpoints, as configured."""
     callbacks: list[BaseCallback] = [RolloutStatsCallback()]
     if config.eval.freq:
         callbacks.append(EvalEvery(config.eval.freq, agent_of_config(config, run_dir.name),
                                    config.env.kwargs.get("disturbances") or {},
                                    evaluation_seeds(config, config.eval.n_episodes), run_dir,
-                                   run_dir / EVAL_FILE, config.eval.deterministic, config.train.stop_at_success))
+                                   run_dir / EVAL_FILE, config.eval.deterministic, config.train.stop_at_success,
+                                   on_evaluation))
     if config.train.max_minutes is not None:
         callbacks.append(StopAfter(config.train.max_minutes))
     if config.checkpoint.freq:
