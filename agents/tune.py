@@ -345,25 +345,30 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
 def plot_history(trials: list[optuna.trial.FrozenTrial], path: Path, title: str) -> None:
     """Score per trial (complete: dots; pruned: last intermediate score, crosses; failed: ticks at
     the bottom) and the best score so far."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     states = optuna.trial.TrialState
     complete = [t for t in trials if t.state == states.COMPLETE]
     pruned = [t for t in trials if t.state == states.PRUNED and t.intermediate_values]
     failed = [t for t in trials if t.state == states.FAIL]
-    ax.plot([t.number for t in complete], [t.value for t in complete], "o", color="tab:blue", label="complete")
-    ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned], "x",
-            color="grey", label="pruned (last evaluation)")
-    if failed:
-        ax.plot([t.number for t in failed], [0.0] * len(failed), "|", color="tab:red", ms=12, label="failed")
     if complete:
+        ax.plot([t.number for t in complete], [t.value for t in complete], "o", color="tab:blue", label="complete")
         best, line = -math.inf, []
         for t in complete:
             best = max(best, t.value)
             line.append(best)
         ax.step([t.number for t in complete], line, where="post", color="tab:green", label="best so far")
+    if pruned:
+        ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                "x", color="grey", label="pruned (last evaluation)")
+    if failed:
+        ax.plot([t.number for t in failed], [0.0] * len(failed), "|", color="tab:red", ms=12, label="failed")
     ax.set(xlabel="trial", ylabel="score (success rate + reward tie-break)", title=f"{title}: optimisation history")
-    ax.legend(loc="lower right")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if complete or pruned or failed:
+        ax.legend(loc="best")
     fig.tight_layout()
     save_figure(fig, path)
 
