@@ -37,6 +37,7 @@ storage must be a URL or journal path every node reaches).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import statistics
@@ -118,25 +119,21 @@ def counted_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
-def run_trial(job: TrialJob) -> int | None:
-    """Run one trial of the study (none if it already holds ``job.trials``); its number."""
+def run_trial(job: TrialJob) -> None:
+    """Run one trial of the study, unless it already holds ``job.trials``."""
     study = optuna.load_study(study_name=job.study_name, storage=open_storage(job.storage),
                               pruner=make_pruner(job.pruner, job.budget))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # trials of killed processes stop counting
-    done = counted_trials(study)
-    if done >= job.trials:
-        return None
+    if counted_trials(study) >= job.trials:
+        return
     study.sampler = optuna.samplers.TPESampler(seed=job.seed + len(study.trials))
-    numbers: list[int] = []
-    study.optimize(lambda trial: objective(trial, job, numbers), n_trials=1, catch=(Exception,))
-    return numbers[0] if numbers else None
+    study.optimize(lambda trial: objective(trial, job), n_trials=1, catch=(Exception,))
 
 
-def objective(trial: optuna.Trial, job: TrialJob, numbers: list[int]) -> float:
+def objective(trial: optuna.Trial, job: TrialJob) -> float:
     """Train one sampled config for the budget; report every periodic evaluation to the pruner."""
-    numbers.append(trial.number)
     trial.set_user_attr("pid", os.getpid())
     values = job.space.sample(trial)
     try:
@@ -187,7 +184,7 @@ def tuning_settings(budget: int) -> list[str]:
 
 
 def study_settings(config: str, overrides: list[str], budget: int, space: SearchSpace) -> dict[str, Any]:
-    """What fixes a study; a rerun that changes any of it is refused."""
+    """What fixes a study (stored as JSON in its user attributes); a rerun that changes any of it is refused."""
     return {"config": config, "overrides": list(overrides), "budget": budget,
             "space": [dataclasses.asdict(p) for p in space.params]}
 
@@ -200,7 +197,7 @@ def open_study(storage: str, name: str, settings: dict[str, Any]) -> optuna.Stud
     if stored is None:
         study.set_user_attr("settings", settings)
     else:
-        changed = [key for key in settings if stored.get(key) != yaml.safe_load(yaml.safe_dump(settings[key]))]
+        changed = [key for key in settings if stored.get(key) != json.loads(json.dumps(settings[key]))]
         if changed:
             raise ConfigError(f"study {name!r} in {storage} was started with another {', '.join(changed)} "
                               f"({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); rerun with the same "
@@ -267,7 +264,7 @@ def tune(
     log(f"tuning {config_name_or_path}: {remaining} of {trials} trials to run ({budget:,} env steps each), "
         f"study {name!r} in {storage} -> {out}")
     job = TrialJob(config_name_or_path, trial_overrides, search, storage, name, trials, seed, pruner, budget, out)
-    run_jobs(run_trial, [job] * remaining, on_result=lambda _job, _number: None,
+    run_jobs(run_trial, [job] * remaining, on_result=lambda _job, _none: None,
              on_error=lambda _job, error: log(f"a trial's worker failed: {error}"),
              backend="serial" if backend == "local" and workers == 1 else backend,
              workers=workers, address=address, desc="trials", unit="trial")
