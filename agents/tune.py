@@ -248,7 +248,7 @@ def tune(
             raise ConfigError(f"--{name} must be an integer >= 1, got {value!r}")
     if base.eval.final_episodes < 1:
         raise ConfigError("eval.final_episodes must be >= 1 for tuning: a trial's value is its final evaluation")
-    make_pruner(pruner, budget)
+    pruner_name = type(make_pruner(pruner, budget)).__name__
     search = load_space(space, base)
     trial_overrides = (*tuning_settings(budget), *overrides, f"train.total_timesteps={budget}")
     load_config(config_name_or_path, list(trial_overrides))
@@ -268,12 +268,13 @@ def tune(
              on_error=lambda _job, error: log(f"a trial's worker failed: {error}"),
              backend="serial" if backend == "local" and workers == 1 else backend,
              workers=workers, address=address, desc="trials", unit="trial")
-    return write_outputs(optuna.load_study(study_name=name, storage=open_storage(storage)), base,
-                         config_name_or_path, list(overrides), search, budget, out, storage, started, log)
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    return write_outputs(study, base, config_name_or_path, list(overrides), search, budget, out, storage,
+                         pruner_name, started, log)
 
 
 def write_outputs(study: optuna.Study, base: Config, config: str, overrides: list[str], space: SearchSpace,
-                  budget: int, out: Path, storage: str, started: float,
+                  budget: int, out: Path, storage: str, pruner: str, started: float,
                   log: Callable[[str], None] = print) -> TuneResult:
     """trials.csv (+ .json), best.yaml, history.png, importance.png and report.md in ``out``."""
     trials = study.get_trials(deepcopy=False)
@@ -297,7 +298,7 @@ def write_outputs(study: optuna.Study, base: Config, config: str, overrides: lis
         bar_chart(out / "importance.png", list(importances), list(importances.values()),
                   "importance (PED-ANOVA, share of the total)", f"{study.study_name}: what moved the score")
     write_text(out / "report.md", "\n".join(report_lines(study, trials, best, base, space, budget, storage,
-                                                        importances, states)) + "\n")
+                                                        pruner, importances, states)) + "\n")
     result = TuneResult(out, study.study_name, storage, states, best.number if best else None,
                         best.value if best else None, best_overrides, best_path, time.time() - started)
     log(f"tuned: {states}; best trial {result.best_trial} (score {result.best_value}) -> {best_path}")
@@ -380,7 +381,7 @@ def dotted(data: dict[str, Any], key: str) -> Any:
 
 
 def report_lines(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], best: Any, base: Config,
-                 space: SearchSpace, budget: int, storage: str, importances: dict[str, float],
+                 space: SearchSpace, budget: int, storage: str, pruner: str, importances: dict[str, float],
                  states: dict[str, int]) -> list[str]:
     durations = [t.duration.total_seconds() / 60 for t in trials
                  if t.state == optuna.trial.TrialState.COMPLETE and t.duration]
@@ -393,7 +394,7 @@ def report_lines(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], be
         + (f" ({rejected} pruned untrained: combination rejected by the config)" if rejected else ""),
         f"- score: success rate + {REWARD_WEIGHT:g} x r / (1 + |r|), r the mean episode reward; value = final "
         f"evaluation ({base.eval.final_episodes} episodes), pruning on the periodic evaluations",
-        "- sampler TPE (seeded); storage " + f"`{storage}`",
+        f"- sampler TPE (seeded), pruner {pruner}; storage `{storage}`",
         f"- time per complete trial: median {statistics.median(durations):.1f} min" if durations
         else "- no complete trial yet",
         "",
