@@ -17,7 +17,7 @@ import yaml
 from agents.cli import main as cli_main
 from agents.config import ConfigError, load_config
 from agents.train import train
-from agents.tune import tune
+from agents.tune import open_storage, tune
 
 REPO = Path(__file__).resolve().parents[1]
 States = optuna.trial.TrialState
@@ -44,8 +44,9 @@ def tiny_tune(out: Path, trials: int, **kwargs):
                 **kwargs)
 
 
-def stored_trials(out: Path) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="tune-hover-mlp", storage=f"sqlite:///{out / 'study.db'}").trials
+def stored_trials(out: Path, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="tune-hover-mlp",
+                             storage=open_storage(storage or f"sqlite:///{out / 'study.db'}")).trials
 
 
 def test_a_three_trial_tuning_writes_its_outputs_and_a_best_config_that_trains(tmp_path):
@@ -160,11 +161,12 @@ def test_the_tune_verb_stops_on_bad_input_with_a_message(tmp_path, capsys):
         cli_main(["tune", "--config", "hover-mlp", "--trials", "0", "--out", str(tmp_path / "tune")])
 
 
-def test_trials_run_as_ray_tasks_on_a_local_ray_instance(tmp_path):
+def test_trials_run_as_ray_tasks_sharing_a_journal_storage(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "tune"
-    tiny_tune(out, trials=2, workers=2, backend="ray")
+    journal = f"journal:{tmp_path / 'journal.log'}"
+    tiny_tune(out, trials=2, workers=2, backend="ray", storage=journal)
 
-    trials = stored_trials(out)
+    trials = stored_trials(out, journal)
     assert [t.state for t in trials] == [States.COMPLETE] * 2
     assert os.getpid() not in {t.user_attrs["pid"] for t in trials}
