@@ -14,8 +14,8 @@ in ``<out>/trials/<number>/`` -> trials.csv, best.yaml, history.png, importance.
 - **Pruner** ``median``: Optuna's MedianPruner (5 startup trials, no pruning before a third of
   the budget): a trial below the median of the earlier trials at the same step stops at once.
   ``none`` never prunes; an Optuna pruner object may be passed to `tune`.
-- **Sampler**: TPE, seeded with ``seed`` + the number of trials already in the study, so the
-  tuning is reproducible serially and concurrent workers draw different points.
+- **Sampler**: TPE, seeded with ``seed`` + the trial's number, so a serial tuning is
+  reproducible and concurrent workers never share a seed.
 - **Rejected** combinations: a sampled combination that the config refuses (e.g. ``batch_size >
   n_steps x n_envs``, or a core keyword value the core refuses) is pruned before it trains; the
   reason is the trial's user attribute ``rejected``.
@@ -128,12 +128,14 @@ def run_trial(job: TrialJob) -> None:
         optuna.storages.fail_stale_trials(study)  # trials of killed processes stop counting
     if counted_trials(study) >= job.trials:
         return
-    study.sampler = optuna.samplers.TPESampler(seed=job.seed + len(study.trials))
     study.optimize(lambda trial: objective(trial, job), n_trials=1, catch=(Exception,))
 
 
 def objective(trial: optuna.Trial, job: TrialJob) -> float:
     """Train one sampled config for the budget; report every periodic evaluation to the pruner."""
+    # Optuna samples at the first suggest: seeding by the number the storage gave this trial makes a
+    # serial tuning reproducible and keeps concurrent workers from drawing with one seed.
+    trial.study.sampler = optuna.samplers.TPESampler(seed=job.seed + trial.number)
     trial.set_user_attr("pid", os.getpid())
     values = job.space.sample(trial)
     try:
@@ -250,6 +252,9 @@ def tune(
         raise ConfigError("eval.final_episodes must be >= 1 for tuning: a trial's value is its final evaluation")
     pruner_name = type(make_pruner(pruner, budget)).__name__
     search = load_space(space, base)
+    if any(p.key == "train.total_timesteps" for p in search.params):
+        raise ConfigError("search space entry 'train.total_timesteps': the env steps of a trial are --budget, "
+                          "the same for every trial; remove the entry")
     trial_overrides = (*tuning_settings(budget), *overrides, f"train.total_timesteps={budget}")
     load_config(config_name_or_path, list(trial_overrides))
 
