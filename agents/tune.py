@@ -2,7 +2,8 @@
 
 config + search space (`agents.search_space`) -> an Optuna study in a storage -> trials, each a
 real training run (`agents.train.train`) of ``budget`` env steps with the trial's sampled keys,
-in ``<out>/trials/<number>/`` -> trials.csv, best.yaml, history.png, importance.png, report.md.
+in ``<out>/trials/<number>/`` -> best.yaml, and trials.csv, history.png, importance.png, report.md
+(`agents.tuning_report`).
 
 - **Score** (maximised): ``success rate + 1e-3 * r / (1 + |r|)`` with ``r`` the mean episode
   reward. Success decides; the reward term lies in (-1e-3, 1e-3), less than one episode of
@@ -38,9 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -53,17 +52,17 @@ import yaml
 
 from agents.callbacks import EvalSummary
 from agents.config import Config, ConfigError, load_config
-from agents.io import write_rows, write_text
+from agents.io import write_text
 from agents.parallel import check_backend, run_jobs
 from agents.preflight import preflight
-from agents.report import bar_chart, markdown_table, pyplot, save_figure
 from agents.search_space import SearchSpace, load_space
 from agents.train import train
+from agents.tuning_report import BEST_CONFIG_FILE, trial_states, write_report
 
 REWARD_WEIGHT = 1e-3  # weight of the bounded reward term in the score: a tie-break only
+SCORE_TEXT = f"success rate + {REWARD_WEIGHT:g} x r / (1 + |r|), r the mean episode reward"
 EVALUATIONS_PER_TRIAL = 5  # periodic evaluations per trial unless eval.freq is set
 TRIALS_DIR = "trials"
-BEST_CONFIG_FILE = "best.yaml"
 PRUNERS = ("median", "none")
 HEARTBEAT_S, GRACE_S = 60, 180  # SQL storages: a trial silent this long is failed as stale
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
@@ -281,11 +280,10 @@ def tune(
 def write_outputs(study: optuna.Study, base: Config, config: str, overrides: list[str], space: SearchSpace,
                   budget: int, out: Path, storage: str, pruner: str, started: float,
                   log: Callable[[str], None] = print) -> TuneResult:
-    """trials.csv (+ .json), best.yaml, history.png, importance.png and report.md in ``out``."""
+    """best.yaml, then trials.csv (+ .json), history.png, importance.png and report.md
+    (`agents.tuning_report`) in ``out``."""
     trials = study.get_trials(deepcopy=False)
-    write_rows([trial_row(t, space) for t in trials], out, "trials")
-    states = {state.name: sum(t.state == state for t in trials) for state in optuna.trial.TrialState
-              if any(t.state == state for t in trials)}
+    states = trial_states(trials)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value) if complete else None
     best_overrides, best_path = list(overrides), None
@@ -297,127 +295,11 @@ def write_outputs(study: optuna.Study, base: Config, config: str, overrides: lis
                               f"{best.number}, score {best.value:.4f} at {budget:,} env steps per trial).\n"
                               f"# Train it: liquid-drones train --config {best_path}\n"
                    + yaml.safe_dump(tuned.to_dict(), sort_keys=False))
-    plot_history(trials, out / "history.png", study.study_name)
-    importances = param_importances(study)
-    if importances:
-        bar_chart(out / "importance.png", list(importances), list(importances.values()),
-                  "importance (PED-ANOVA, share of the total)", f"{study.study_name}: what moved the score")
-    write_text(out / "report.md", "\n".join(report_lines(study, trials, best, base, space, budget, storage,
-                                                        pruner, importances, states)) + "\n")
+    write_report(study, best, base, space, out, f"{budget:,} env steps", SCORE_TEXT, pruner, storage)
     result = TuneResult(out, study.study_name, storage, states, best.number if best else None,
                         best.value if best else None, best_overrides, best_path, time.time() - started)
     log(f"tuned: {states}; best trial {result.best_trial} (score {result.best_value}) -> {best_path}")
     return result
-
-
-def trial_row(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> dict[str, Any]:
-    """One line of trials.csv: number, state, value, duration, the sampled keys, then the notes."""
-    steps = sorted(trial.intermediate_values)
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "duration_s": round(trial.duration.total_seconds(), 1) if trial.duration else None,
-        "last_evaluated_step": steps[-1] if steps else None,
-        "last_intermediate": trial.intermediate_values[steps[-1]] if steps else None,
-        **{p.key: trial.params.get(p.key) for p in space.params},
-        "success_rate": trial.user_attrs.get("success_rate"),
-        "mean_reward": trial.user_attrs.get("mean_reward"),
-        "note": trial.user_attrs.get("rejected") or trial.user_attrs.get("error")
-        or trial.system_attrs.get("fail_reason", ""),
-    }
-
-
-def param_importances(study: optuna.Study) -> dict[str, float]:
-    """PED-ANOVA importances over the complete trials (Optuna's evaluator that needs no
-    scikit-learn); empty with fewer than 3 complete trials or when Optuna cannot compute them."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 3:
-        return {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        return {}
-    total = sum(found.values())
-    return {key: value / total for key, value in found.items()} if total > 0 else {}
-
-
-def plot_history(trials: list[optuna.trial.FrozenTrial], path: Path, title: str) -> None:
-    """Score per trial (complete: dots; pruned: last intermediate score, crosses; failed: ticks at
-    the bottom) and the best score so far."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    states = optuna.trial.TrialState
-    complete = [t for t in trials if t.state == states.COMPLETE]
-    pruned = [t for t in trials if t.state == states.PRUNED and t.intermediate_values]
-    failed = [t for t in trials if t.state == states.FAIL]
-    if complete:
-        ax.plot([t.number for t in complete], [t.value for t in complete], "o", color="tab:blue", label="complete")
-        best, line = -math.inf, []
-        for t in complete:
-            best = max(best, t.value)
-            line.append(best)
-        ax.step([t.number for t in complete], line, where="post", color="tab:green", label="best so far")
-    if pruned:
-        ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-                "x", color="grey", label="pruned (last evaluation)")
-    if failed:
-        ax.plot([t.number for t in failed], [0.0] * len(failed), "|", color="tab:red", ms=12, label="failed")
-    ax.set(xlabel="trial", ylabel="score (success rate + reward tie-break)", title=f"{title}: optimisation history")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if complete or pruned or failed:
-        ax.legend(loc="best")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def dotted(data: dict[str, Any], key: str) -> Any:
-    """``data["a"]["b"]`` for ``"a.b"``; None where a part is missing."""
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data
-
-
-def report_lines(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], best: Any, base: Config,
-                 space: SearchSpace, budget: int, storage: str, pruner: str, importances: dict[str, float],
-                 states: dict[str, int]) -> list[str]:
-    durations = [t.duration.total_seconds() / 60 for t in trials
-                 if t.state == optuna.trial.TrialState.COMPLETE and t.duration]
-    rejected = sum("rejected" in t.user_attrs for t in trials)
-    lines = [
-        f"# Tuning: {study.study_name}",
-        "",
-        f"- {len(trials)} trials of {budget:,} env steps each: "
-        + ", ".join(f"{count} {state.lower()}" for state, count in states.items())
-        + (f" ({rejected} pruned untrained: combination rejected by the config)" if rejected else ""),
-        f"- score: success rate + {REWARD_WEIGHT:g} x r / (1 + |r|), r the mean episode reward; value = final "
-        f"evaluation ({base.eval.final_episodes} episodes), pruning on the periodic evaluations",
-        f"- sampler TPE (seeded), pruner {pruner}; storage `{storage}`",
-        f"- time per complete trial: median {statistics.median(durations):.1f} min" if durations
-        else "- no complete trial yet",
-        "",
-    ]
-    if best is not None:
-        values = space.values_of(best.params)
-        lines += [f"## Best: trial {best.number}, score {best.value:.4f} (success "
-                  f"{100 * best.user_attrs.get('success_rate', math.nan):.0f} %, mean reward "
-                  f"{best.user_attrs.get('mean_reward', math.nan):.1f})", ""]
-        lines += markdown_table(["key", "tuned", "untuned config"],
-                                [[key, value, dotted(base.to_dict(), key)] for key, value in values.items()])
-        lines += ["", f"Train it: `liquid-drones train --config {BEST_CONFIG_FILE}` (written beside this report).", ""]
-    if importances:
-        lines += ["## Parameter importance (PED-ANOVA over the complete trials)", ""]
-        lines += markdown_table(["key", "importance"], [[k, f"{v:.2f}"] for k, v in importances.items()])
-        lines += ["", "![importance](importance.png)", ""]
-    lines += ["![history](history.png)"]
-    return lines
 
 
 def main(args: Any) -> None:
