@@ -11,7 +11,8 @@ in ``<out>/trials/<number>/`` -> best.yaml, and trials.csv, history.png, importa
 - **Intermediate values**: the score of every periodic evaluation (``eval.n_episodes`` episodes
   every ``eval.freq`` env steps; tuning sets ``eval.freq = budget // 5`` unless ``--set``),
   reported at its env steps. **Trial value**: the score of the final evaluation
-  (``eval.final_episodes`` episodes) at the end of the budget.
+  (``eval.final_episodes`` episodes) at the end of the budget. A ``linear`` learning-rate
+  schedule decays over the budget, not over the config's ``train.total_timesteps``.
 - **Pruner** ``median``: Optuna's MedianPruner (5 startup trials, no pruning before a third of
   the budget): a trial below the median of the earlier trials at the same step stops at once.
   ``none`` never prunes; an Optuna pruner object may be passed to `tune`.
@@ -28,9 +29,9 @@ Storage and resuming: ``--storage`` is an SQLAlchemy URL (default ``sqlite:///<o
 named after the config; rerunning the same command continues it: ``--trials N`` is the number
 of complete, pruned or running trials the study should hold, so finished trials are never rerun
 and failed or interrupted ones are topped up. Several invocations on one storage share the
-study (two that check the count at the same moment can end one trial above N). A trial whose
-process is killed stays "running" until SQLite storage's heartbeat (60 s, grace 180 s) fails
-it; the journal storage has no heartbeat. ``--workers N`` runs N trials at a time in local
+study (two that check the count at the same moment can end one trial above N). Ctrl-C records
+the running trial as failed; a trial whose process is killed stays "running" until an SQL
+storage's heartbeat (60 s, grace 180 s) fails it (the journal storage has no heartbeat). ``--workers N`` runs N trials at a time in local
 processes; ``--backend ray`` runs each trial as a Ray task (`agents.parallel`; on a cluster the
 storage must be a URL or journal path every node reaches).
 """
