@@ -242,7 +242,9 @@ class EvalEvery(AtRolloutBoundary):
     env and disturbance distribution. With ``stop_at_success``, training ends right after the
     first evaluation whose success rate reaches it (``target_reached_at`` holds its env steps). The best model (highest success rate, ties broken by mean
     reward) is saved as ``best_model.zip`` with its statistics (``best_normalization.json``, and SB3's
-    ``best_vecnormalize.pkl``) in ``run_dir``.
+    ``best_vecnormalize.pkl``) in ``run_dir``. ``on_evaluation(timesteps, summary)`` is called after
+    each evaluation has been recorded; an exception it raises ends training at once (``agents.tune``
+    raises ``optuna.TrialPruned``).
     """
 
     def __init__(
@@ -256,9 +258,11 @@ class EvalEvery(AtRolloutBoundary):
         deterministic: bool = True,
         stop_at_success: float | None = None,
         log: Callable[[str], None] = say,
+        on_evaluation: Callable[[int, EvalSummary], None] | None = None,
     ) -> None:
         super().__init__(freq)
         self.log = log
+        self.on_evaluation = on_evaluation
         self.stop_at_success = stop_at_success
         self.target_reached_at: int | None = None  # env steps of the first evaluation at the target
         self.spec = spec
@@ -295,6 +299,8 @@ class EvalEvery(AtRolloutBoundary):
             if train_env is not None:
                 atomic_write(self.run_dir / BEST_NORMALIZER_FILE, lambda p: train_env.save(str(p)))
                 ObsNormalizer.of(train_env).save(self.run_dir / BEST_NORMALIZATION_FILE)
+        if self.on_evaluation is not None:
+            self.on_evaluation(self.num_timesteps, summary)
 
 
 def eval_row(timesteps: int, summary: EvalSummary, wall_time_s: float) -> dict[str, Any]:

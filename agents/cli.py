@@ -254,6 +254,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="artefact format (default torchscript)")
     export.add_argument("--out", help="output folder (default: RUN_DIR/export-<format>)")
     export.set_defaults(func=_verb("export"))
+
+    tune = verbs.add_parser(
+        "tune",
+        help="equal-budget hyper-parameter search of a config with Optuna (TPE, pruning, resumable)",
+        description="Tune a config: each trial trains --budget env steps with keys sampled from the search "
+        "space; writes trials.csv, best.yaml (train --config takes it), history.png, importance.png and "
+        "report.md. Rerunning the same command continues the study.",
+    )
+    tune.add_argument("--config", required=True, help="config name (e.g. hover-ltc) or YAML file")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="fix a config key in every trial (and in best.yaml); repeatable")
+    tune.add_argument("--trials", type=int, default=40,
+                      help="complete + pruned (+ running) trials the study should hold (default 40)")
+    tune.add_argument("--budget", type=int, metavar="STEPS",
+                      help="env steps per trial (default: the config's train.total_timesteps)")
+    tune.add_argument("--space", help="search space YAML (default agents/configs/tune/default.yaml)")
+    tune.add_argument("--storage", help="SQLAlchemy URL or journal:PATH (default sqlite:///<out>/study.db)")
+    tune.add_argument("--study-name", help="study name in the storage (default tune-<config>)")
+    tune.add_argument("--pruner", choices=("median", "none"), default="median",
+                      help="stop trials below the median of earlier ones at the same step (default), or never")
+    tune.add_argument("--workers", type=int, default=1, help="trials at a time (local processes or Ray CPUs)")
+    tune.add_argument("--backend", choices=("local", "ray"), default="local", help="local processes or Ray tasks")
+    tune.add_argument("--address", help="Ray cluster address (with --backend ray; default: a local Ray)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    tune.add_argument("--out", help="output folder (default runs/tune-<config>)")
+    tune.set_defaults(func=_verb("tune"))
     return parser
 
 

@@ -214,11 +214,14 @@ def train(
     run_dir: Path,
     resume: bool = False,
     log: Callable[[str], None] = say,
+    on_evaluation: Callable[[int, EvalSummary], None] | None = None,
 ) -> TrainResult:
     """Train as configured into ``run_dir`` (a fresh folder, or an existing run when ``resume``).
 
     Lines are given to ``log`` and appended to ``run_dir/train.log``. Ctrl-C (SIGINT) saves a
     checkpoint, model.zip and the normalisation, then raises `TrainingInterrupted`.
+    ``on_evaluation(timesteps, summary)`` is called after every periodic evaluation (`EvalEvery`);
+    an exception it raises ends training at once and leaves ``train`` with the envs closed.
 
     :raise ConfigError: on resume, if ``config`` changes a key that fixes the model or its data
     :raise CheckpointError: on resume, if there is no usable checkpoint
@@ -227,11 +230,11 @@ def train(
     preflight(config)
     seeds = {"train": config.train.seed, "evaluation": evaluation_seeds(config, 1)[0]}
     with FolderLock(run_dir, "run folder", log), recorded(run_dir, "train", seeds):
-        return _train_locked(config, run_dir, resume, log, started)
+        return _train_locked(config, run_dir, resume, log, started, on_evaluation)
 
 
 def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[str], None],
-                  started: float) -> TrainResult:
+                  started: float, on_evaluation: Callable[[int, EvalSummary], None] | None) -> TrainResult:
     if config.train.torch_threads:
         th.set_num_threads(config.train.torch_threads)
     time_input = uses_time_input(config)
@@ -256,7 +259,7 @@ def _train_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[st
         remaining = config.train.total_timesteps - model.num_timesteps
         reached = None
         if remaining > 0:
-            callbacks = training_callbacks(config, run_dir, log)
+            callbacks = training_callbacks(config, run_dir, log, on_evaluation)
             bar = config.train.progress_bar and sys.stdout.isatty()
             lines_on_console = config.train.progress_bar and not bar
             callbacks.callbacks += [ProgressLines(config.train.total_timesteps,
@@ -395,16 +398,17 @@ def evaluation_seeds(config: Config, episodes: int) -> list[int]:
     return list(range(first, first + episodes))
 
 
-def training_callbacks(config: Config, run_dir: Path, log: Callable[[str], None] = say) -> CallbackList:
-    """Rollout statistics, periodic evaluation (best model, stop at target), a time limit and
-    checkpoints, as configured."""
+def training_callbacks(config: Config, run_dir: Path, log: Callable[[str], None] = say,
+                       on_evaluation: Callable[[int, EvalSummary], None] | None = None) -> CallbackList:
+    """Rollout statistics, hyper-parameters, periodic evaluation (best model, stop at target,
+    ``on_evaluation``), a time limit and checkpoints, as configured."""
     callbacks: list[BaseCallback] = [RolloutStatsCallback(), HyperParameters(config.to_dict())]
     if config.eval.freq:
         callbacks.append(EvalEvery(config.eval.freq, agent_of_config(config, run_dir.name),
                                    config.env.kwargs.get("disturbances") or {},
                                    evaluation_seeds(config, config.eval.n_episodes), run_dir,
                                    run_dir / EVAL_FILE, config.eval.deterministic, config.train.stop_at_success,
-                                   log))
+                                   log, on_evaluation))
     if config.train.max_minutes is not None:
         callbacks.append(StopAfter(config.train.max_minutes))
     if config.checkpoint.freq:
