@@ -182,7 +182,9 @@ class TuneResult:
 
 def tuning_settings(budget: int) -> list[str]:
     """The overrides every trial starts from (the user's ``--set`` come after and win)."""
-    return [f"eval.freq={max(1, budget // EVALUATIONS_PER_TRIAL)}", "checkpoint.freq=0", "train.progress_bar=false"]
+    # Every trial trains its whole budget (equal effort): no stop at a success target.
+    return [f"eval.freq={max(1, budget // EVALUATIONS_PER_TRIAL)}", "checkpoint.freq=0", "train.progress_bar=false",
+            "train.stop_at_success=null"]
 
 
 def study_settings(config: str, overrides: list[str], budget: int, space: SearchSpace) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def test_a_three_trial_tuning_writes_its_outputs_and_a_best_config_that_trains(t
     assert result.best_trial == best.number and result.best_value == best.value
     assert result.states == {"COMPLETE": 3}
 
-    tuned = load_config(str(result.best_config), ["train.total_timesteps=256", "eval.freq=0"])
+    tuned = load_config(str(result.best_config), ["train.total_timesteps=256", "eval.freq=0", "train.stop_at_success=null"])
     assert tuned.algo.learning_rate == pytest.approx(best.params["algo.learning_rate"])
     assert tuned.algo.n_epochs == best.params["algo.n_epochs"]
     assert tuned.policy.net_arch == yaml.safe_load(best.params["policy.net_arch"])
