@@ -22,10 +22,11 @@ files, so the nodes need no shared filesystem.
 from __future__ import annotations
 
 import multiprocessing
+import contextlib
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -182,8 +183,11 @@ def _drain(pool: ProcessPoolExecutor, fn: Callable, jobs: Sequence[Any], pending
     return []
 
 
-def _run_ray(fn: Callable, jobs: Sequence[Any], report: Callable, workers: int,
-             address: str | None) -> None:
+@contextlib.contextmanager
+def ray_session(workers: int, address: str | None = None) -> Iterator[None]:
+    """Ray connected for the block: the cluster at ``address``, or a local instance with ``workers``
+    CPUs; one already connected is used as it is and left running. A caller that runs several
+    sweeps (a study) holds one session around them all, so Ray starts once."""
     import ray
 
     started = not ray.is_initialized()
@@ -194,9 +198,20 @@ def _run_ray(fn: Callable, jobs: Sequence[Any], report: Callable, workers: int,
         else:  # a local instance whose workers import the same code as this process
             env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
             ray.init(num_cpus=workers, runtime_env={"env_vars": env}, **settings)
-    remote = ray.remote(num_cpus=1, max_retries=1)(fn)
-    refs = {remote.remote(job): index for index, job in enumerate(jobs)}
     try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_ray(fn: Callable, jobs: Sequence[Any], report: Callable, workers: int,
+             address: str | None) -> None:
+    import ray
+
+    with ray_session(workers, address):
+        remote = ray.remote(num_cpus=1, max_retries=1)(fn)
+        refs = {remote.remote(job): index for index, job in enumerate(jobs)}
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
             for ref in done:
@@ -207,6 +222,3 @@ def _run_ray(fn: Callable, jobs: Sequence[Any], report: Callable, workers: int,
                     report(index, None, describe(getattr(error, "cause", None) or error))
                 else:
                     report(index, result, None)
-    finally:
-        if started:
-            ray.shutdown()

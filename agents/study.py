@@ -17,6 +17,7 @@ Inputs: a study spec (`agents.study_spec`). The work, in the study folder (defau
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -31,7 +32,7 @@ from agents.flight import load_agent
 from agents.io import RowLog, write_json, write_rows
 from agents.lock import FolderLock, LockError
 from agents.provenance import recorded
-from agents.parallel import check_backend, run_jobs
+from agents.parallel import check_backend, ray_session, run_jobs
 from agents.robustness import NOMINAL, StressError, nominal_level
 from agents.run import EVAL_FILE, FINAL_EVAL_FILE, read_eval_rows
 from agents.stress import Sweep, parse_axes, parse_levels, run_sweep
@@ -153,7 +154,8 @@ def run_study(spec: StudySpec, out_dir: Path, workers: int = 2, backend: str = "
     :raise agents.lock.LockError: if another process writes into ``out_dir``
     :raise StudyError: if ``out_dir`` holds a study of another spec, or no run could be trained
     """
-    with FolderLock(out_dir, "study folder", log):
+    session = ray_session(workers, address) if backend == "ray" else contextlib.nullcontext()
+    with FolderLock(out_dir, "study folder", log), session:
         spec_file = out_dir / "spec.json"
         if spec_file.exists() and json.loads(spec_file.read_text()) != json.loads(json.dumps(spec.to_dict())):
             raise StudyError(f"{out_dir} holds a study of another spec; choose another --out")
