@@ -539,6 +539,16 @@ def study_markdown(summary: Mapping[str, Any]) -> str:
         "that flew), time to goal in seconds (successful episodes); steps and minutes to target are "
         "means over the runs that reached it.", "",
     ]
+    tuning = settings.get("tuning")
+    if tuning:
+        lines += [f"Every variant was tuned first with the same effort: {tuning['trials']} trials of "
+                  f"{tuning['budget']:,} env steps each (Optuna TPE with median pruning, `liquid-drones tune`); "
+                  f"its seeds then trained the best trial's config. Tuned keys: "
+                  + "; ".join(f"{variant}: {', '.join(keys) or 'no complete trial, untuned'}"
+                              for variant, keys in tuning["best"].items()) + ".", ""]
+    if settings.get("failed_runs"):
+        lines += ["Runs that failed twice and are left out: " + "; ".join(
+            f"{name} ({error})" for name, error in settings["failed_runs"].items()) + ".", ""]
     if settings["axes"]:
         lines += ["![robustness](robustness.png)", "", "![graded metrics](graded.png)", ""]
     if summary["curves"]:

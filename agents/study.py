@@ -3,6 +3,8 @@
 Inputs: a study spec (`agents.study_spec`). The work, in the study folder (default
 ``runs/study-<spec>``):
 
+0. with ``tune: {trials, budget}`` in the spec, ``tune/<variant>/``: every variant is tuned first
+   with the same effort (`agents.tune`), and its seeds train the best trial's config.
 1. ``runs/<variant>/seed-<k>/``: one training run per variant and seed (`agents.train.train`),
    ``workers`` at a time, one torch thread each (local processes, or Ray tasks with
    ``backend="ray"``). A run that raises (or whose worker dies) is retried once, then reported
@@ -106,15 +108,35 @@ def _run_facts(spec: StudySpec, variant: str, seed: int, run_dir: Path, status: 
     return row
 
 
+def _tune_stage(spec: StudySpec, out_dir: Path, backend: str, workers: int, address: str | None,
+                log: Callable[[str], None]) -> dict[str, tuple[str, ...]]:
+    """Tune every variant with the same trials and budget (`agents.tune`, resumable in
+    ``tune/<variant>/``); return each variant's best keys as overrides (none without a complete trial)."""
+    from agents.tune import tune
+
+    tuned = {}
+    for variant in spec.variants:
+        log(f"study {spec.name}: tuning {variant.name} ({spec.tune['trials']} trials x {spec.tune['budget']:,} steps)")
+        given = [*spec.overrides, *variant.overrides]
+        config = spec.config(variant, spec.seeds[0])
+        if config.eval.final_episodes < 1:  # a trial's value is its final evaluation
+            given.append(f"eval.final_episodes={config.eval.n_episodes}")
+        found = tune(spec.base, given, spec.tune["trials"], spec.tune["budget"],
+                     out_dir / "tune" / variant.name, workers=workers,
+                     backend="ray" if backend == "ray" else "local", address=address, log=log)
+        tuned[variant.name] = tuple(o for o in found.best_overrides if o not in given) if found.best_config else ()
+    return tuned
+
+
 def _train_stage(spec: StudySpec, out_dir: Path, backend: str, workers: int, address: str | None,
-                 result: StudyResult, log: Callable[[str], None]) -> None:
+                 result: StudyResult, log: Callable[[str], None], tuned: dict[str, tuple[str, ...]]) -> None:
     runs = {(v.name, s): out_dir / "runs" / v.name / f"seed-{s}" for v in spec.variants for s in spec.seeds}
     todo = []
     for (variant, seed), run_dir in runs.items():
         if is_finished(run_dir):
             result.reused.append(run_name(variant, seed))
         else:
-            todo.append(TrainJob(spec, variant, seed, str(run_dir)))
+            todo.append(TrainJob(spec, variant, seed, str(run_dir), tuned.get(variant, ())))
     log(f"study {spec.name}: {len(runs)} runs, {len(result.reused)} already trained, {len(todo)} to train")
     for attempt in range(1 + RETRIES):
         if not todo:
@@ -162,7 +184,8 @@ def run_study(spec: StudySpec, out_dir: Path, workers: int = 2, backend: str = "
         with recorded(out_dir, "study", {"training": list(spec.seeds)}):
             write_json(spec_file, spec.to_dict())
             result = StudyResult(out_dir)
-            _train_stage(spec, out_dir, backend, workers, address, result, log)
+            tuned = _tune_stage(spec, out_dir, backend, workers, address, log) if spec.tune else {}
+            _train_stage(spec, out_dir, backend, workers, address, result, log, tuned)
 
             names = {run_name(v.name, s): (v.name, s) for v in spec.variants for s in spec.seeds
                      if run_name(v.name, s) not in result.failed}
@@ -186,8 +209,9 @@ def run_study(spec: StudySpec, out_dir: Path, workers: int = 2, backend: str = "
                 [row for row in episode_rows if row["axis"] == NOMINAL or float(row["level"]) != nominal[row["axis"]]],
                 [row for row in run_rows if row["status"] == "finished"], curve_rows, reference, spec.learned_level,
                 {axis: AXIS_LABELS[axis] for axis in sweep.levels}, resamples=resamples, nominal_levels=nominal)
-            result.summary["settings"].update({"study": spec.name, "failed_runs": result.failed,
-                                               "training": dict(spec.tune and {"tune": spec.tune})})
+            result.summary["settings"].update({"study": spec.name, "failed_runs": result.failed})
+            if spec.tune:
+                result.summary["settings"]["tuning"] = {**spec.tune, "best": {v: list(k) for v, k in tuned.items()}}
             write_study_report(result.summary, out_dir)
             log(f"study {spec.name}: trained {len(result.trained)}, reused {len(result.reused)}, "
                 f"failed {len(result.failed)} -> {out_dir}/report.md")

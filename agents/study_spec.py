@@ -18,6 +18,7 @@ A spec is a YAML file (or the name of one in ``agents/configs/studies/``)::
       levels: {wind: [0, 2, 4]}   # default: envs.disturbances.DEFAULT_LEVELS
       episodes: 50
       seed: 100000
+    tune: {trials: 20, budget: 100000}   # optional: tune every variant first, same effort each
     reference: lstm               # the variant every other one is compared with
     learned_level: 0.95           # in-distribution success at which a seed "learned"
 
@@ -207,6 +208,8 @@ def load_spec(name_or_path: str) -> StudySpec:
     if not isinstance(tune, dict) or any(key not in TUNE_KEYS for key in tune):
         raise StudyError(f"tune must be a mapping with the keys {', '.join(TUNE_KEYS)}, got {tune!r}")
     tune = {key: _int(f"tune.{key}", value, 1) for key, value in tune.items()}
+    if tune and set(tune) != set(TUNE_KEYS):
+        raise StudyError(f"tune needs both {' and '.join(TUNE_KEYS)}, got {sorted(tune)}")
 
     spec = StudySpec(path.stem, str(data["base"]), tuple(overrides), tuple(variants), seeds,
                      None if axes is None else tuple(axes), parsed_levels,

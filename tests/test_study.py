@@ -109,3 +109,17 @@ def test_the_study_cli_stops_on_a_bad_spec_before_creating_anything(tmp_path):
     with pytest.raises(SystemExit) as stop:
         cli(["study", str(write_spec(tmp_path / "s.yaml", reference="nope")), "--root", str(tmp_path / "runs")])
     assert "reference 'nope'" in str(stop.value.code) and not (tmp_path / "runs").exists()
+
+
+def test_a_study_with_a_tune_stage_tunes_each_variant_with_the_same_effort_and_trains_the_best(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", grid={"policy.core": ["mlp"]}, seeds=[0], reference="mlp",
+                                    tune={"trials": 2, "budget": 256}, set=[*TINY, "env.n_envs=8"],
+                                    stress={"axes": ["mass"], "levels": {"mass": [1.0, 1.3]}, "episodes": 1})))
+    result = run_study(spec, tmp_path / "study", workers=1, backend="serial", resamples=200, log=lambda _: None)
+    tuned = result.summary["settings"]["tuning"]
+    assert tuned["trials"] == 2 and tuned["budget"] == 256 and tuned["best"]["mlp"]
+    assert (tmp_path / "study" / "tune" / "mlp" / "trials.csv").is_file()
+    trained = load_config(str(tmp_path / "study" / "runs" / "mlp" / "seed-0" / "config.yaml"))
+    best = load_config(str(tmp_path / "study" / "tune" / "mlp" / "best.yaml"))
+    assert trained.algo == best.algo  # the seeds trained the tuned keys
+    assert "tuned first with the same effort: 2 trials of 256 env steps" in (tmp_path / "study" / "report.md").read_text()
