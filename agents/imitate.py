@@ -56,8 +56,10 @@ from agents.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from agents.demonstrations import Demonstrations, Streams, collect
 from agents.flight import AgentSpec, ModelPilot, agent_of_config
 from agents.io import atomic_write, replace_rows, timestamped_name
+from agents.lock import FolderLock, LockError
 from agents.normalization import ObsNormalizer
 from agents.preflight import preflight
+from agents.provenance import recorded
 from agents.run import (
     BEST_MODEL_FILE,
     BEST_NORMALIZER_FILE,
@@ -281,10 +283,16 @@ def imitate(config: Config, run_dir: Path, resume: bool = False, log: Callable[[
 
     :raise ConfigError: on a config imitation cannot run, or a resume that changes a fixed key
     :raise CheckpointError: on resume, if there is no usable imitation checkpoint
+    :raise agents.lock.LockError: if another process writes into ``run_dir``
     """
-    started = time.time()
     preflight(config)
     check_imitation_config(config)
+    with FolderLock(run_dir, "run folder", log), recorded(run_dir, "imitate", {"train": config.train.seed}):
+        return _imitate_locked(config, run_dir, resume, log)
+
+
+def _imitate_locked(config: Config, run_dir: Path, resume: bool, log: Callable[[str], None]) -> ImitationResult:
+    started = time.time()
     if config.train.torch_threads:
         th.set_num_threads(config.train.torch_threads)
     time_input = uses_time_input(config)
@@ -438,5 +446,7 @@ def main(args: Any) -> None:
             run_dir = prepare_run_dir(Path(args.root),
                                       args.name or timestamped_name(f"{run_label(name, config)}-imitate"))
         imitate(config, run_dir, resume=bool(args.resume))
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, LockError) as error:
         sys.exit(f"error: {error}")
+    except OSError as error:
+        sys.exit(f"error: cannot write the run: {error}")

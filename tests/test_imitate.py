@@ -182,7 +182,8 @@ def test_imitation_killed_mid_round_resumes_the_same_round_with_the_same_data(tm
 
     messages = []
     imitate(read_run_config(run / "config.yaml"), run, resume=True, log=messages.append)
-    assert messages[0].startswith(f"resuming {run} in round 1 after epoch")
+    assert messages[0] == f"note: run folder {run.resolve()} was left by process {process.pid}, which died; taking it over"
+    assert messages[1].startswith(f"resuming {run} in round 1 after epoch")
     uninterrupted = imitate(config, tmp_path / "runs" / "whole", log=lambda _: None).run_dir
     resumed = Demonstrations.load(list_checkpoints(run / "checkpoints")[-1] / DATASET_FILE)
     whole = Demonstrations.load(list_checkpoints(uninterrupted / "checkpoints")[-1] / DATASET_FILE)
