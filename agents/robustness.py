@@ -52,10 +52,9 @@ def nominal_level(axis: str, spec: AgentSpec) -> float:
 # --- analysis --------------------------------------------------------------------------------
 def _results_by_cell(sweep: Sweep, rows: list[dict[str, str]]) -> dict[tuple, list[EpisodeResult]]:
     cells: dict[tuple, dict[int, EpisodeResult]] = defaultdict(dict)
-    for row in rows:
-        if None not in row.values():
-            result = EpisodeResult.from_row(row)
-            cells[cell_of(row)][result.seed] = result
+    for row in rows:  # complete rows only: `agents.io.RowLog.read` drops a line cut short
+        result = EpisodeResult.from_row(row)
+        cells[cell_of(row)][result.seed] = result
     missing = [cell for cell in (cell_of(job.tag) for job in sweep.jobs())
                if sorted(cells.get(cell, {})) != list(sweep.seeds)]
     if missing:

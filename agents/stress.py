@@ -154,9 +154,8 @@ class Sweep:
 def _complete_cells(rows: list[dict[str, str]], seeds: Sequence[int]) -> dict[tuple, list[dict[str, str]]]:
     """Rows of the cells whose every seed has a full, error-free row (resumable work)."""
     cells: dict[tuple, list[dict[str, str]]] = defaultdict(list)
-    for row in rows:
-        if None not in row.values():  # a line cut short by an interruption is dropped
-            cells[cell_of(row)].append(row)
+    for row in rows:  # complete rows only: `agents.io.RowLog.read` drops a line cut short
+        cells[cell_of(row)].append(row)
     wanted = sorted(seeds)
     return {cell: cell_rows for cell, cell_rows in cells.items()
             if sorted(int(r["seed"]) for r in cell_rows) == wanted and not any(r["error"] for r in cell_rows)}
