@@ -5,7 +5,8 @@ Inputs: a study spec (`agents.study_spec`). The work, in the study folder (defau
 
 0. with ``tune: {trials, budget}`` in the spec, ``tune/<variant>/``: every variant is tuned first
    with the same effort (`agents.tune`), and its seeds train the best trial's config.
-1. ``runs/<variant>/seed-<k>/``: one training run per variant and seed (`agents.train.train`),
+1. ``runs/<variant>/seed-<k>/``: one training run per variant and seed (`agents.train.train`, or
+   `agents.imitate.imitate` for a variant of ``grid: {training: [imitate]}``; its steps are labels),
    ``workers`` at a time, one torch thread each (local processes, or Ray tasks with
    ``backend="ray"``). A run that raises (or whose worker dies) is retried once, then reported
    as failed while the others complete. A finished run (its ``final_eval.json`` exists) is never
@@ -67,6 +68,7 @@ def is_finished(run_dir: Path) -> bool:
 def train_job(job: TrainJob) -> dict[str, Any]:
     """Train (or resume) one run; return how long it took. Runs in a worker process."""
     from agents.checkpoint import list_checkpoints
+    from agents.imitate import imitate
     from agents.train import train
 
     variant = next(v for v in job.spec.variants if v.name == job.variant)
@@ -76,7 +78,8 @@ def train_job(job: TrainJob) -> dict[str, Any]:
     if run_dir.exists() and not resume:  # an attempt that died before its first checkpoint
         shutil.rmtree(run_dir)
     started = time.time()
-    train(config, run_dir, resume=resume, log=lambda message: print(f"[{job.variant} seed {job.seed}] {message}",
+    learn = imitate if variant.method == "imitate" else train
+    learn(config, run_dir, resume=resume, log=lambda message: print(f"[{job.variant} seed {job.seed}] {message}",
                                                                      flush=True))
     return {"seconds": time.time() - started}
 

@@ -9,6 +9,7 @@ A spec is a YAML file (or the name of one in ``agents/configs/studies/``)::
       env.kwargs.disturbances:    # values may be named (label: value) ...
         nominal: {}
         dr: {mass: [0.8, 1.3], wind: [0, 2]}
+      training: [rl, imitate]     # how the runs learn: `train` (RL, the default) or `imitate`
     seeds: 5                      # training seeds per variant: a count (0..N-1) or a list
     training:                     # study-wide training options (each a train.* config key)
       stop_at_success: 0.95       # stop a run at its first evaluation at this success
@@ -46,6 +47,9 @@ STUDY_DIR = Path(__file__).parent / "configs" / "studies"
 TOP_KEYS = ("base", "set", "grid", "seeds", "training", "stress", "reference", "learned_level", "tune")
 STRESS_KEYS = ("axes", "levels", "episodes", "seed", "batch")
 TUNE_KEYS = ("trials", "budget")
+#: The grid key that is not a config key: how a variant's runs learn (`agents.train` or `agents.imitate`).
+METHOD_KEY = "training"
+METHODS = ("rl", "imitate")
 
 
 class StudyError(ValueError):
@@ -54,10 +58,11 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class Variant:
-    """One grid point: its name and the ``--set`` overrides that make its config."""
+    """One grid point: its name, the ``--set`` overrides that make its config and how its runs learn."""
 
     name: str
     overrides: tuple[str, ...]
+    method: str = "rl"  # one of METHODS
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,9 @@ class StudySpec:
                                        "train.progress_bar=false", *extra])
 
     def to_dict(self) -> dict[str, Any]:
+        methods = {v.name: v.method for v in self.variants if v.method != "rl"}
         return {"name": self.name, "base": self.base, "set": list(self.overrides),
+                **({"training": methods} if methods else {}),
                 "variants": {v.name: list(v.overrides) for v in self.variants}, "seeds": list(self.seeds),
                 "axes": None if self.axes is None else list(self.axes),
                 "levels": {k: list(v) for k, v in self.levels.items()}, "episodes": self.episodes,
@@ -127,9 +134,18 @@ def _grid(grid: Any) -> list[Variant]:
             raise StudyError(f"grid.{key} must be a list of values (or a mapping label: value), got {values!r}")
         if not named:
             raise StudyError(f"grid.{key} has no values")
-        axes.append([(label, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
-                     for label, value in named])
-    variants = [Variant("+".join(label for label, _ in point), tuple(o for _, o in point))
+        if key == METHOD_KEY:
+            wrong = [value for _, value in named if value not in METHODS]
+            if wrong:
+                raise StudyError(f"grid.{key}: unknown training method {wrong[0]!r}; allowed: {', '.join(METHODS)}")
+            axes.append([(label, value) for label, value in named])
+        else:
+            axes.append([(label, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+                         for label, value in named])
+    keys = list(grid)
+    variants = [Variant("+".join(label for label, _ in point),
+                        tuple(o for k, (_, o) in zip(keys, point) if k != METHOD_KEY),
+                        next((o for k, (_, o) in zip(keys, point) if k == METHOD_KEY), "rl"))
                 for point in itertools.product(*axes)]
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
@@ -210,6 +226,8 @@ def load_spec(name_or_path: str) -> StudySpec:
     tune = {key: _int(f"tune.{key}", value, 1) for key, value in tune.items()}
     if tune and set(tune) != set(TUNE_KEYS):
         raise StudyError(f"tune needs both {' and '.join(TUNE_KEYS)}, got {sorted(tune)}")
+    if tune and any(v.method != "rl" for v in variants):
+        raise StudyError("tune tunes RL training; a study with grid.training imitate variants cannot have a tune stage")
 
     spec = StudySpec(path.stem, str(data["base"]), tuple(overrides), tuple(variants), seeds,
                      None if axes is None else tuple(axes), parsed_levels,
@@ -221,6 +239,10 @@ def load_spec(name_or_path: str) -> StudySpec:
         try:
             config = spec.config(variant, spec.seeds[0])
             preflight(config)
+            if variant.method == "imitate":
+                from agents.imitate import check_imitation_config
+
+                check_imitation_config(config)
         except ConfigError as error:
             raise StudyError(f"variant {variant.name} ({', '.join(variant.overrides) or 'the base config'}): "
                              f"{error}") from None

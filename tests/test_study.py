@@ -39,6 +39,7 @@ def write_spec(path: Path, **changes) -> Path:
     ({"stress": {"episodes": 0}}, "stress.episodes must be an integer >= 1"),
     ({"grid": {"env.kwargs.disturbances": [{}, {"mass": [0.8, 1.2]}]}}, "needs a name"),
     ({"training": {"stop_at_succes": 0.9}}, "train.stop_at_succes"),
+    ({"grid": {"policy.core": ["gru"], "training": ["rl", "bc"]}}, "unknown training method 'bc'; allowed: rl, imitate"),
 ])
 def test_a_bad_spec_stops_naming_the_key_before_any_work(tmp_path, change, message):
     with pytest.raises(StudyError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -46,7 +47,9 @@ def test_a_bad_spec_stops_naming_the_key_before_any_work(tmp_path, change, messa
 
 
 def test_shipped_specs_name_their_variants_and_the_reference():
-    assert {"hover-cores", "hover-dr"} <= set(available_studies())
+    assert {"hover-cores", "hover-dr", "hover-imitation"} <= set(available_studies())
+    imitation = load_spec("hover-imitation")
+    assert [(v.name, v.method) for v in imitation.variants] == [("ncp-cfc+rl", "rl"), ("ncp-cfc+imitate", "imitate")]
     dr = load_spec("hover-dr")
     assert [v.name for v in dr.variants][:2] == ["ncp-cfc+nominal", "ncp-cfc+dr"] and dr.reference == "lstm+nominal"
     cores = load_spec("hover-cores")
@@ -123,3 +126,24 @@ def test_a_study_with_a_tune_stage_tunes_each_variant_with_the_same_effort_and_t
     best = load_config(str(tmp_path / "study" / "tune" / "mlp" / "best.yaml"))
     assert trained.algo == best.algo  # the seeds trained the tuned keys
     assert "tuned first with the same effort: 2 trials of 256 env steps" in (tmp_path / "study" / "report.md").read_text()
+
+
+IMITATE_TINY = ["imitation.demo_episodes=4", "imitation.heldout_episodes=1", "imitation.epochs=2",
+                "imitation.dagger_rounds=1", "imitation.episodes_per_round=2", "imitation.eval_every=0"]
+
+
+def test_grid_training_imitates_a_variant_and_its_runs_join_the_paired_stress_test(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", grid={"policy.core": ["gru"], "training": ["rl", "imitate"]},
+                                    seeds=[0], reference="gru+rl", set=[*TINY, *IMITATE_TINY],
+                                    stress={"axes": ["mass"], "levels": {"mass": [1.0, 1.3]}, "episodes": 2})))
+    assert [(v.name, v.method) for v in spec.variants] == [("gru+rl", "rl"), ("gru+imitate", "imitate")]
+    assert all(not any(o.startswith("training") for o in v.overrides) for v in spec.variants)
+    result = run_study(spec, tmp_path / "study", workers=1, backend="serial", resamples=200, log=lambda _: None)
+    assert sorted(result.trained) == ["gru+imitate/seed-0", "gru+rl/seed-0"] and not result.failed
+    runs = tmp_path / "study" / "runs"
+    assert (runs / "gru+imitate" / "seed-0" / "tb" / "imitate").is_dir()
+    assert not (runs / "gru+rl" / "seed-0" / "tb" / "imitate").exists()
+    episodes = list(csv.DictReader((tmp_path / "study" / "stress" / "episodes.csv").open()))
+    assert {r["agent"] for r in episodes} == {"gru+rl/seed-0", "gru+imitate/seed-0"}
+    assert set(json.loads((tmp_path / "study" / "study.json").read_text())["variants"]) == {"gru+rl", "gru+imitate"}
+    assert json.loads((tmp_path / "study" / "spec.json").read_text())["training"] == {"gru+imitate": "imitate"}
