@@ -124,7 +124,7 @@ def _tune_stage(spec: StudySpec, out_dir: Path, backend: str, workers: int, addr
         config = spec.config(variant, spec.seeds[0])
         if config.eval.final_episodes < 1:  # a trial's value is its final evaluation
             given.append(f"eval.final_episodes={config.eval.n_episodes}")
-        found = tune(spec.base, given, spec.tune["trials"], spec.tune["budget"],
+        found = tune(variant.base or spec.base, given, spec.tune["trials"], spec.tune["budget"],
                      out_dir / "tune" / variant.name, workers=workers,
                      backend="ray" if backend == "ray" else "local", address=address, log=log)
         tuned[variant.name] = tuple(o for o in found.best_overrides if o not in given) if found.best_config else ()

@@ -10,6 +10,9 @@ A spec is a YAML file (or the name of one in ``agents/configs/studies/``)::
         nominal: {}
         dr: {mass: [0.8, 1.3], wind: [0, 2]}
       training: [rl, imitate]     # how the runs learn: `train` (RL, the default) or `imitate`
+      config:                     # the variant's own base config instead of `base`
+        shipped: hover-ltc
+        tuned: runs/tune-hover-ltc/best.yaml
     seeds: 5                      # training seeds per variant: a count (0..N-1) or a list
     training:                     # study-wide training options (each a train.* config key)
       stop_at_success: 0.95       # stop a run at its first evaluation at this success
@@ -47,9 +50,11 @@ STUDY_DIR = Path(__file__).parent / "configs" / "studies"
 TOP_KEYS = ("base", "set", "grid", "seeds", "training", "stress", "reference", "learned_level", "tune")
 STRESS_KEYS = ("axes", "levels", "episodes", "seed", "batch")
 TUNE_KEYS = ("trials", "budget")
-#: The grid key that is not a config key: how a variant's runs learn (`agents.train` or `agents.imitate`).
+#: Grid keys that are not config keys: how a variant's runs learn (`agents.train` or
+#: `agents.imitate`), and the variant's own base config (a config name or YAML file, e.g. a tuned best.yaml).
 METHOD_KEY = "training"
 METHODS = ("rl", "imitate")
+BASE_KEY = "config"
 
 
 class StudyError(ValueError):
@@ -58,11 +63,13 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class Variant:
-    """One grid point: its name, the ``--set`` overrides that make its config and how its runs learn."""
+    """One grid point: its name, the ``--set`` overrides that make its config, how its runs learn
+    and its base config (None: the spec's ``base``)."""
 
     name: str
     overrides: tuple[str, ...]
     method: str = "rl"  # one of METHODS
+    base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,13 +90,14 @@ class StudySpec:
 
     def config(self, variant: Variant, seed: int, extra: tuple[str, ...] = ()) -> Config:
         """The training config of one run of ``variant`` (no progress bar: runs share a log)."""
-        return load_config(self.base, [*self.overrides, *variant.overrides, f"train.seed={seed}",
+        return load_config(variant.base or self.base, [*self.overrides, *variant.overrides, f"train.seed={seed}",
                                        "train.progress_bar=false", *extra])
 
     def to_dict(self) -> dict[str, Any]:
         methods = {v.name: v.method for v in self.variants if v.method != "rl"}
+        bases = {v.name: v.base for v in self.variants if v.base}
         return {"name": self.name, "base": self.base, "set": list(self.overrides),
-                **({"training": methods} if methods else {}),
+                **({"training": methods} if methods else {}), **({"configs": bases} if bases else {}),
                 "variants": {v.name: list(v.overrides) for v in self.variants}, "seeds": list(self.seeds),
                 "axes": None if self.axes is None else list(self.axes),
                 "levels": {k: list(v) for k, v in self.levels.items()}, "episodes": self.episodes,
@@ -138,15 +146,21 @@ def _grid(grid: Any) -> list[Variant]:
             wrong = [value for _, value in named if value not in METHODS]
             if wrong:
                 raise StudyError(f"grid.{key}: unknown training method {wrong[0]!r}; allowed: {', '.join(METHODS)}")
-            axes.append([(label, value) for label, value in named])
+            axes.append([(label, (key, value)) for label, value in named])
+        elif key == BASE_KEY:
+            wrong = [value for _, value in named if not isinstance(value, str)]
+            if wrong:
+                raise StudyError(f"grid.{key}: {wrong[0]!r} is not a config name or YAML file")
+            axes.append([(label, (key, value)) for label, value in named])
         else:
-            axes.append([(label, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+            axes.append([(label, (key, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"))
                          for label, value in named])
-    keys = list(grid)
-    variants = [Variant("+".join(label for label, _ in point),
-                        tuple(o for k, (_, o) in zip(keys, point) if k != METHOD_KEY),
-                        next((o for k, (_, o) in zip(keys, point) if k == METHOD_KEY), "rl"))
-                for point in itertools.product(*axes)]
+    variants = []
+    for point in itertools.product(*axes):
+        chosen = dict(choice for _, choice in point)
+        variants.append(Variant("+".join(label for label, _ in point),
+                                tuple(o for k, o in (c for _, c in point) if k not in (METHOD_KEY, BASE_KEY)),
+                                chosen.get(METHOD_KEY, "rl"), chosen.get(BASE_KEY)))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise StudyError(f"grid labels do not name the variants apart: {names}")
@@ -244,7 +258,8 @@ def load_spec(name_or_path: str) -> StudySpec:
 
                 check_imitation_config(config)
         except ConfigError as error:
-            raise StudyError(f"variant {variant.name} ({', '.join(variant.overrides) or 'the base config'}): "
+            raise StudyError(f"variant {variant.name} ({variant.base or spec.base}"
+                             f"{''.join(', ' + o for o in variant.overrides)}): "
                              f"{error}") from None
         env_ids.add(config.env.id)
     if len(env_ids) > 1:

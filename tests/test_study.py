@@ -40,6 +40,8 @@ def write_spec(path: Path, **changes) -> Path:
     ({"grid": {"env.kwargs.disturbances": [{}, {"mass": [0.8, 1.2]}]}}, "needs a name"),
     ({"training": {"stop_at_succes": 0.9}}, "train.stop_at_succes"),
     ({"grid": {"policy.core": ["gru"], "training": ["rl", "bc"]}}, "unknown training method 'bc'; allowed: rl, imitate"),
+    ({"grid": {"config": {"tuned": "no/such/best.yaml"}}, "reference": "tuned"},
+     "no/such/best.yaml does not exist"),
 ])
 def test_a_bad_spec_stops_naming_the_key_before_any_work(tmp_path, change, message):
     with pytest.raises(StudyError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -147,3 +149,17 @@ def test_grid_training_imitates_a_variant_and_its_runs_join_the_paired_stress_te
     assert {r["agent"] for r in episodes} == {"gru+rl/seed-0", "gru+imitate/seed-0"}
     assert set(json.loads((tmp_path / "study" / "study.json").read_text())["variants"]) == {"gru+rl", "gru+imitate"}
     assert json.loads((tmp_path / "study" / "spec.json").read_text())["training"] == {"gru+imitate": "imitate"}
+
+
+def test_grid_config_gives_each_variant_its_own_base_config_with_the_spec_overrides(tmp_path):
+    tuned = tmp_path / "best.yaml"
+    tuned.write_text(yaml.safe_dump({**load_config("hover-gru").to_dict(), "algo": {
+        **load_config("hover-gru").to_dict()["algo"], "learning_rate": 1.5e-3}}))
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", grid={"config": {"shipped": "hover-gru", "tuned": str(tuned)}},
+                                    reference="shipped")))
+    assert [(v.name, v.base) for v in spec.variants] == [("shipped", "hover-gru"), ("tuned", str(tuned))]
+    shipped, best = (spec.config(v, 1) for v in spec.variants)
+    assert (shipped.algo.learning_rate, best.algo.learning_rate) == (5e-4, 1.5e-3)
+    assert shipped.policy.core == best.policy.core == "gru" and shipped.train.seed == best.train.seed == 1
+    assert shipped.algo.n_steps == best.algo.n_steps == 64  # the spec's set applies to both
+    assert spec.to_dict()["configs"] == {"shipped": "hover-gru", "tuned": str(tuned)}
