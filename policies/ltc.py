@@ -170,7 +170,7 @@ def _native_forward(kernel, pre, post, v, drive, cm_nb, gain, offset, w_erev, w,
     v_nb = v.t().contiguous()
     potential = v.new_empty(steps * unfolds + 1, units, batch)
     denominator = v.new_empty(steps * unfolds, units, batch)
-    scratch = v.new_empty(units * batch + gain.numel())
+    scratch = v.new_empty(units * batch + gain.numel() + 2 * units)
     p = native.pointer
     kernel.ltc_forward(steps, unfolds, batch, units, gain.numel(), p(v_nb), p(drive_nb), p(cm_nb), p(pre), p(post),
                        p(gain), p(offset), p(w_erev), p(w), p(potential), p(denominator), p(scratch))
@@ -199,7 +199,7 @@ class _NativeSequence(torch.autograd.Function):
         g_drive = potential.new_empty(steps, 2 * units, batch)
         g_cm = torch.empty_like(cm_nb)
         g_synapse = [torch.empty_like(gain) for _ in range(4)]  # gain, offset, w_erev, w
-        scratch = potential.new_empty(ctx.unfolds * synapses * batch + 4 * units * batch + synapses)
+        scratch = potential.new_empty(ctx.unfolds * synapses * batch + 4 * units * batch + synapses + 2 * units)
         p = native.pointer
         ctx.kernel.ltc_backward(steps, ctx.unfolds, batch, units, synapses, p(potential), p(denominator), p(cm_nb),
                                 p(pre), p(post), p(gain), p(offset), p(w_erev), p(w), p(g_states), p(g_v),

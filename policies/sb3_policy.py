@@ -440,6 +440,16 @@ class CorePolicy(RecurrentActorCriticPolicy):
         mean = _sequential(self.action_net, _sequential(self.mlp_extractor.policy_net, latent_pi))
         return self._sample(mean, deterministic), states
 
+    def set_training_mode(self, mode: bool) -> None:
+        """`nn.Module.train(mode)`, skipped when every module is already in ``mode``: SB3's
+        `predict` calls this on every step, and walking ``train()`` through the encoder, core and
+        heads cost more than the core's own step (a closed-loop evaluation's hot path)."""
+        modules = self.__dict__.get("_every_module")
+        if modules is None:  # the module tree is fixed once the policy is built
+            modules = self.__dict__["_every_module"] = tuple(self.modules())
+        if any(module.training != mode for module in modules):
+            super().set_training_mode(mode)
+
     def predict(
         self,
         observation: np.ndarray | dict[str, np.ndarray],
