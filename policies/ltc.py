@@ -177,6 +177,14 @@ def _native_forward(kernel, pre, post, v, drive, cm_nb, gain, offset, w_erev, w,
     return potential, denominator
 
 
+def _native_states(kernel, pre, post, v, drive, cm_t, gain, offset, w_erev, w, unfolds):
+    """States ``[T, B, N]`` of the C kernel's forward without an autograd node (inference, e.g.
+    a rollout step, where the node's bookkeeping costs as much as the unfolds)."""
+    potential, _ = _native_forward(kernel, pre, post, v, drive, cm_t.transpose(1, 2).contiguous(), gain, offset,
+                                   w_erev, w, unfolds)
+    return potential[unfolds::unfolds].transpose(1, 2)
+
+
 class _NativeSequence(torch.autograd.Function):
     """All unfolds of a stretch of steps in the C kernel (forward and backward); states ``[T, B, N]``."""
 
@@ -310,7 +318,8 @@ class LTC(RecurrentCore):
     def run(self, per_step, shared, state):
         kernel, *recurrent = shared
         if kernel is not None:
-            states = _NativeSequence.apply(kernel, self._pre, self._post, state, *per_step, *recurrent)
+            run = _NativeSequence.apply if torch.is_grad_enabled() else _native_states
+            states = run(kernel, self._pre, self._post, state, *per_step, *recurrent)
         elif not torch.is_grad_enabled():
             return super().run(per_step, tuple(recurrent), state)
         else:  # training: the whole stretch in one autograd node with a hand-written backward pass
