@@ -146,20 +146,19 @@ def _grid(grid: Any) -> list[Variant]:
             wrong = [value for _, value in named if value not in METHODS]
             if wrong:
                 raise StudyError(f"grid.{key}: unknown training method {wrong[0]!r}; allowed: {', '.join(METHODS)}")
-            axes.append([(label, (key, value)) for label, value in named])
         elif key == BASE_KEY:
             wrong = [value for _, value in named if not isinstance(value, str)]
             if wrong:
                 raise StudyError(f"grid.{key}: {wrong[0]!r} is not a config name or YAML file")
-            axes.append([(label, (key, value)) for label, value in named])
         else:
-            axes.append([(label, (key, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"))
-                         for label, value in named])
+            named = [(label, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+                     for label, value in named]
+        axes.append([(label, (key, value)) for label, value in named])
     variants = []
     for point in itertools.product(*axes):
-        chosen = dict(choice for _, choice in point)
+        chosen = dict(choice for _, choice in point)  # grid key -> its override, method or base
         variants.append(Variant("+".join(label for label, _ in point),
-                                tuple(o for k, o in (c for _, c in point) if k not in (METHOD_KEY, BASE_KEY)),
+                                tuple(o for k, o in chosen.items() if k not in (METHOD_KEY, BASE_KEY)),
                                 chosen.get(METHOD_KEY, "rl"), chosen.get(BASE_KEY)))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):

@@ -218,9 +218,6 @@ void ltc_backward(int T, int K, int B, int N, int S, const REAL *potential, cons
             }
             if (dense) {
                 REAL *restrict gn_b = tmp, *restrict gd_b = tmp + N;
-                REAL *restrict g_wn = grad_w_erev, *restrict g_wd = grad_w, *restrict g_c = grad_offset;
-                REAL *restrict g_g = grad_gain;
-                const REAL *restrict c_wn = w_erev, *restrict c_wd = w, *restrict c_g = gain;
                 for (int b = 0; b < B; b++) {
                     const REAL *restrict a = act_k + (int64_t)b * S;
                     for (int j = 0; j < N; j++) {
@@ -229,9 +226,9 @@ void ltc_backward(int T, int K, int B, int N, int S, const REAL *potential, cons
                     }
                     for (int i = 0; i < N; i++) {
                         const int64_t row = (int64_t)i * N;
-                        synapse_row_backward(N, v_in[(int64_t)i * B + b], a + row, gn_b, gd_b, c_wn + row, c_wd + row,
-                                             c_g + row, g_wn + row, g_wd + row, g_c + row, g_g + row,
-                                             gv + (int64_t)i * B + b);
+                        synapse_row_backward(N, v_in[(int64_t)i * B + b], a + row, gn_b, gd_b, w_erev + row, w + row,
+                                             gain + row, grad_w_erev + row, grad_w + row, grad_offset + row,
+                                             grad_gain + row, gv + (int64_t)i * B + b);
                     }
                 }
             } else if (B < SMALL_BATCH) {
