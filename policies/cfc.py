@@ -15,10 +15,11 @@ layers ``l`` computing per step
     pre_l = h_l W_rec,l + b_l + (x W_in  if l == 0  else  h'_(l-1) W_feed,l)
     heads_l = backbone_l(pre_l);   h'_l = cfc_update(heads_l, dt)
 
-so they share one step, :meth:`StackedCfC.step` — the equation, and the path of rollout steps.
-Training runs a whole stretch of steps in one autograd node with a hand-written backward pass:
-in the C kernel ``cfc_kernel.c`` where it covers the configuration (:mod:`policies.cfc_native`),
-else in fused PyTorch (:mod:`policies.cfc_fused`). Both are pinned to :meth:`StackedCfC.step` by
+so they share one step, :meth:`StackedCfC.step` — the equation. Training runs a whole stretch of
+steps in one autograd node with a hand-written backward pass: in the C kernel ``cfc_kernel.c``
+where it covers the configuration (:mod:`policies.cfc_native`), else in fused PyTorch
+(:mod:`policies.cfc_fused`). Inference (rollout steps, evaluations) runs the kernel's forward
+alone where it applies, else the step. Both passes are pinned to :meth:`StackedCfC.step` by
 tests. Every weight is stored as the contiguous right operand of its matmul.
 """
 
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from policies.activations import ACTIVATIONS
 from policies.cfc_fused import FusedSequence
-from policies.cfc_native import DenseSequence, WiredSequence
+from policies.cfc_native import DenseSequence, WiredSequence, dense_forward, joined_feeds, wired_forward
 from policies.core import RecurrentCore
 from policies.wiring import AutoNCP, Wiring, as_wiring
 
@@ -97,14 +98,19 @@ class StackedCfC(RecurrentCore):
         inputs, elapsed = per_step
         input_w, bias, recurrent, feeds, backbone, pure = shared
         dropping = self.dropout and self.training
-        if not torch.is_grad_enabled() or dropping:  # rollout steps; dropout: the equation step by step
+        small = self.kernel_max_batch is None or inputs.shape[1] <= self.kernel_max_batch
+        kernel = self.kernel() if small and not dropping else None
+        inference = not torch.is_grad_enabled()
+        if kernel is None and (inference or dropping):  # the equation step by step
             projected = torch.addmm(bias, inputs.flatten(0, 1), input_w).view(*inputs.shape[:2], -1)
             return super().run([projected, elapsed], (recurrent, feeds, backbone, pure), state)
-        small = self.kernel_max_batch is None or inputs.shape[1] <= self.kernel_max_batch
-        kernel = self.kernel() if small else None
         if kernel is not None:
             projected = torch.addmm(bias, inputs.flatten(0, 1), input_w).view(*inputs.shape[:2], -1)
-            states = self.kernel_sequence(kernel, projected, state, elapsed, recurrent, feeds, backbone)
+            if inference:  # e.g. a rollout step: the kernel's forward alone, no autograd node
+                states = self.kernel_states(kernel, projected, state.contiguous(), elapsed.contiguous(), recurrent,
+                                            feeds, backbone)
+            else:
+                states = self.kernel_sequence(kernel, projected, state, elapsed, recurrent, feeds, backbone)
         else:
             states = FusedSequence.apply(self, state, inputs, elapsed, input_w, bias, recurrent,
                                          *self.flatten(feeds, backbone, pure))
@@ -114,6 +120,13 @@ class StackedCfC(RecurrentCore):
                         feeds: list[Tensor], backbone: list[tuple[Tensor, Tensor]]) -> Tensor:
         """The states ``[T, B, N]`` of a stretch of steps trained in the C kernel, from the projected
         inputs ``x W_in + b`` ``[T, B, sum widths]`` (see :mod:`policies.cfc_native`)."""
+        raise NotImplementedError
+
+    def kernel_states(self, kernel, projected: Tensor, state: Tensor, elapsed: Tensor, recurrent: Tensor,
+                      feeds: list[Tensor], backbone: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """As :meth:`kernel_sequence`, for inference: the kernel's forward without an autograd node
+        (on a rollout step its bookkeeping would cost as much as the step). ``state`` and
+        ``elapsed`` are contiguous."""
         raise NotImplementedError
 
     # The fused pass takes tensors only: these pack the nested shared values into a flat tuple.
@@ -220,6 +233,9 @@ class CfC(StackedCfC):
     def kernel_sequence(self, kernel, projected, state, elapsed, recurrent, feeds, backbone):
         return DenseSequence.apply(kernel, self.mode == "default", projected, state, elapsed, recurrent, *backbone[0])
 
+    def kernel_states(self, kernel, projected, state, elapsed, recurrent, feeds, backbone):
+        return dense_forward(kernel, self.mode == "default", projected, state, elapsed, recurrent, *backbone[0])[-1]
+
     def derive(self):
         heads_w, heads_b = _stacked_heads(self.heads)
         inner, outer = ACTIVATIONS[self.activation].inner, ACTIVATIONS[self.activation].outer
@@ -300,6 +316,10 @@ class WiredCfC(StackedCfC):
     def kernel_sequence(self, kernel, projected, state, elapsed, recurrent, feeds, backbone):
         return WiredSequence.apply(kernel, self.mode == "default", self._kernel_sizes, projected, state, elapsed,
                                    recurrent, *feeds)
+
+    def kernel_states(self, kernel, projected, state, elapsed, recurrent, feeds, backbone):
+        return wired_forward(kernel, self.mode == "default", self._kernel_sizes, projected, state, elapsed, recurrent,
+                             joined_feeds(feeds, projected))[-1]
 
     def readout(self, states):
         return states[..., -self.output_size :]

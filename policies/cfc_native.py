@@ -9,7 +9,9 @@ recurrence) in the kernel; the weight gradients are one matmul each here:
   ``default`` and ``no_gate``.
 
 Both compute what :meth:`policies.cfc.StackedCfC.step` computes; tests/test_native_kernels.py
-pins them to it (outputs and every gradient to 1e-10 in float64).
+pins them to it (outputs and every gradient to 1e-10 in float64). Their forward passes,
+:func:`dense_forward` and :func:`wired_forward`, also run inference (rollout steps) on their own,
+without an autograd node.
 """
 
 from __future__ import annotations
@@ -31,6 +33,41 @@ def _previous(h: Tensor, states: Tensor) -> Tensor:
     return torch.cat([h.unsqueeze(0), states[:-1]])
 
 
+def joined_feeds(feeds: list[Tensor] | tuple[Tensor, ...], like: Tensor) -> Tensor:
+    """The layer feeds of a :class:`~policies.cfc.WiredCfC` as one vector, as the kernel reads them."""
+    return torch.cat([feed.reshape(-1) for feed in feeds]) if feeds else like.new_empty(0)
+
+
+def dense_forward(kernel, gated: bool, projected: Tensor, h: Tensor, elapsed: Tensor, recurrent: Tensor,
+                  heads_w: Tensor, heads_b: Tensor) -> tuple[Tensor, ...]:
+    """``cfc_forward`` of the kernel over ``projected`` ``[T, B, W]`` from ``h`` ``[B, H]`` (both
+    contiguous, as ``elapsed`` ``[T, B, 1]``): the backbone activations ``[T, B, W]``, then f1, f2,
+    gate, time_a and the states, each ``[T, B, H]``."""
+    steps, batch, width = projected.shape
+    hidden = h.shape[1]
+    act = projected.new_empty(steps, batch, width)
+    f1, f2, gate, time_a, states = projected.new_empty(5, steps, batch, hidden).unbind(0)
+    scratch = projected.new_empty(4 * hidden)
+    p = native.pointer
+    kernel.cfc_forward(steps, batch, hidden, width, int(gated), p(projected), p(h), p(recurrent), p(heads_w),
+                       p(heads_b), p(elapsed), p(act), p(f1), p(f2), p(gate), p(time_a), p(states), p(scratch))
+    return act, f1, f2, gate, time_a, states
+
+
+def wired_forward(kernel, gated: bool, sizes: Tensor, projected: Tensor, h: Tensor, elapsed: Tensor,
+                  recurrent: Tensor, flat_feeds: Tensor) -> tuple[Tensor, ...]:
+    """``wired_forward`` of the kernel over ``projected`` ``[T, B, 4N]`` from ``h`` ``[B, N]``
+    (contiguous, as ``elapsed`` ``[T, B, 1]`` and ``recurrent``): f1, f2, gate, time_a and the
+    states, each ``[T, B, N]``."""
+    steps, batch, width = projected.shape
+    f1, f2, gate, time_a, states = projected.new_empty(5, steps, batch, h.shape[1]).unbind(0)
+    scratch = projected.new_empty(width)
+    p = native.pointer
+    kernel.wired_forward(steps, batch, len(sizes), p(sizes), int(gated), p(projected), p(h), p(recurrent),
+                         p(flat_feeds), p(elapsed), p(f1), p(f2), p(gate), p(time_a), p(states), p(scratch))
+    return f1, f2, gate, time_a, states
+
+
 class DenseSequence(torch.autograd.Function):
     """A stretch of steps of a one-backbone-layer tanh :class:`~policies.cfc.CfC`.
 
@@ -41,16 +78,9 @@ class DenseSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernel, gated, projected, h, elapsed, recurrent, heads_w, heads_b):
-        steps, batch, width = projected.shape
-        hidden = h.shape[1]
-        elapsed = elapsed.contiguous()
-        h = h.contiguous()
-        act = projected.new_empty(steps, batch, width)
-        f1, f2, gate, time_a, states = projected.new_empty(5, steps, batch, hidden).unbind(0)
-        scratch = projected.new_empty(4 * hidden)
-        p = native.pointer
-        kernel.cfc_forward(steps, batch, hidden, width, int(gated), p(projected), p(h), p(recurrent), p(heads_w),
-                           p(heads_b), p(elapsed), p(act), p(f1), p(f2), p(gate), p(time_a), p(states), p(scratch))
+        h, elapsed = h.contiguous(), elapsed.contiguous()
+        act, f1, f2, gate, time_a, states = dense_forward(kernel, gated, projected, h, elapsed, recurrent,
+                                                          heads_w, heads_b)
         ctx.kernel, ctx.gated = kernel, gated
         ctx.save_for_backward(h, elapsed, recurrent, heads_w, act, f1, f2, gate, time_a, states)
         return states
@@ -88,15 +118,10 @@ class WiredSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernel, gated, sizes, projected, h, elapsed, recurrent, *feeds):
-        steps, batch, width = projected.shape
-        units = h.shape[1]
         elapsed, h, recurrent = elapsed.contiguous(), h.contiguous(), recurrent.contiguous()
-        flat_feeds = torch.cat([feed.reshape(-1) for feed in feeds]) if feeds else projected.new_empty(0)
-        f1, f2, gate, time_a, states = projected.new_empty(5, steps, batch, units).unbind(0)
-        scratch = projected.new_empty(width)
-        p = native.pointer
-        kernel.wired_forward(steps, batch, len(sizes), p(sizes), int(gated), p(projected), p(h), p(recurrent),
-                             p(flat_feeds), p(elapsed), p(f1), p(f2), p(gate), p(time_a), p(states), p(scratch))
+        flat_feeds = joined_feeds(feeds, projected)
+        f1, f2, gate, time_a, states = wired_forward(kernel, gated, sizes, projected, h, elapsed, recurrent,
+                                                     flat_feeds)
         ctx.kernel, ctx.gated = kernel, gated
         ctx.save_for_backward(sizes, h, elapsed, recurrent, flat_feeds, f1, f2, gate, time_a, states, *feeds)
         return states

@@ -20,7 +20,9 @@ Cores with a fused multi-step kernel (LSTM, GRU) override :meth:`RecurrentCore.r
 ``step``; the loop then hands them whole stretches of the sequence without episode starts.
 Cores with a C kernel (LTC, CfC, NCP-wired CfC, GRU: ``kernel_source``) use it through
 :meth:`RecurrentCore.kernel` in their ``run``; ``core.native = False`` keeps them on their PyTorch
-path (same numbers).
+path (same numbers). A core may also take a single step without gradients (a rollout step) in one
+fused call, :meth:`RecurrentCore.inference_step` (the LTC: its kernel's ``ltc_step``), where the
+general path's dozen small tensor operations would cost more than the step itself.
 """
 
 from __future__ import annotations
@@ -127,6 +129,10 @@ class RecurrentCore(nn.Module):
                 dt = elapsed.to(inputs.dtype).reshape(steps, batch, 1)
             else:
                 raise ValueError(f"elapsed must be [{steps}, {batch}], got {list(elapsed.shape)}")
+        if steps == 1 and not torch.is_grad_enabled():
+            stepped = self.inference_step(inputs, state, episode_starts, dt)
+            if stepped is not None:
+                return stepped
         resets = None
         bounds = [0, steps]
         if episode_starts is not None:
@@ -178,6 +184,13 @@ class RecurrentCore(nn.Module):
         """One step of the cell: ``state [B, H]``, then one slice ``[B, ...]`` of each per-step
         tensor, then the shared values; returns the new state."""
         raise NotImplementedError
+
+    def inference_step(self, inputs: Tensor, state: Tensor, episode_starts: Tensor | None,
+                       elapsed: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """One step without gradients in a single fused call (a rollout step), or None to take the
+        general path. Arguments as :meth:`forward`'s, checked, ``T = 1``; ``elapsed`` ``[1, B, 1]``
+        in the inputs' dtype (None for cores that are not time-aware)."""
+        return None
 
     def readout(self, states: Tensor) -> Tensor:
         """Outputs ``[T, B, O]`` from the states ``[T, B, H]`` after each step."""

@@ -24,6 +24,8 @@ the postsynaptic neurons) with a hand-written backward pass.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -158,6 +160,7 @@ def ltc_unfolds(v, drive, cm_t, gather, bias, scatter, unfolds: int) -> Tensor:
 
 
 KERNEL_SOURCE = "ltc_kernel.c"
+_MIN_ELAPSED = ctypes.c_double(MIN_ELAPSED)  # ltc_step's min_dt argument
 
 
 def _native_forward(kernel, pre, post, v, drive, cm_nb, gain, offset, w_erev, w, unfolds):
@@ -274,6 +277,7 @@ class LTC(RecurrentCore):
         self.input_w, self.input_b = nn.Parameter(torch.ones(input_size)), nn.Parameter(torch.zeros(input_size))
         self.output_w = nn.Parameter(torch.ones(wiring.output_size))
         self.output_b = nn.Parameter(torch.zeros(wiring.output_size))
+        self._table: tuple | None = None  # cache of _step_table
 
     def derive(self):
         # Sensory synapse pre-activation sigma (input_w x + input_b - mu) = x @ gather + bias.
@@ -328,6 +332,48 @@ class LTC(RecurrentCore):
 
     def readout(self, states):
         return torch.addcmul(self.output_b, states[..., : self.output_size], self.output_w)
+
+    def inference_step(self, inputs, state, episode_starts, elapsed):
+        table = self._step_table() if inputs.dtype == self._anchor.dtype else None
+        if table is None:
+            return None
+        kernel, pointers = table[1], table[2]
+        batch, units = inputs.shape[1], self.state_size
+        starts = None if episode_starts is None else (episode_starts[0] != 0).contiguous()
+        dt = None if elapsed is None else elapsed.reshape(batch).contiguous()
+        x, v = inputs.reshape(batch, -1).contiguous(), state.contiguous()
+        out, v_out = inputs.new_empty(1, batch, self.output_size), inputs.new_empty(batch, units)
+        synapses, sensory = self.w.numel(), self.sensory_w.numel()
+        scratch = inputs.new_empty(7 * units * batch + synapses + 2 * units + sensory)
+        p = native.pointer
+        kernel.ltc_step(batch, self.input_size, units, sensory, synapses, self.ode_unfolds, self.output_size, p(x),
+                        p(v), None if starts is None else p(starts), None if dt is None else p(dt), _MIN_ELAPSED,
+                        p(pointers), p(out), p(v_out), p(scratch))
+        return out, v_out
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_table"] = None  # a ctypes library and raw pointers: rebuilt on first use
+        return state
+
+    def _step_table(self):
+        """(derived tensors, kernel, int64 tensor of the pointers ``ltc_step`` reads, the tensors
+        they point to) for the current parameters, or None without the kernel (gradients off)."""
+        derived = self.derived()
+        kernel = derived[-1][0]
+        if kernel is None:
+            return None
+        if self._table is None or self._table[0] is not derived:
+            sensory_gather, sensory_bias, sensory_scatter, base, cm_unfold, (_, gain, offset, w_erev, w, _) = derived
+            units, index = self.state_size, torch.arange(self.sensory_w.numel())
+            sensory_pre, sensory_post = (torch.as_tensor(ids, dtype=torch.int64) for ids in self.sensory_synapses)
+            tensors = [sensory_pre, sensory_post, sensory_gather[sensory_pre, index], sensory_bias,
+                       sensory_scatter[index, sensory_post], sensory_scatter[index, units + sensory_post], base,
+                       cm_unfold, self._pre, self._post, gain, offset, w_erev, w, self.output_w, self.output_b]
+            tensors = [t.detach().contiguous() for t in tensors]
+            pointers = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
+            self._table = (derived, kernel, pointers, tensors)
+        return self._table
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, synapses={self.w.numel()}+{self.sensory_w.numel()} sensory, ode_unfolds={self.ode_unfolds}"

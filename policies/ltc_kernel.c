@@ -281,3 +281,59 @@ void ltc_backward(int T, int K, int B, int N, int S, const REAL *potential, cons
     }
     memcpy(grad_v0, grad, sizeof(REAL) * size);
 }
+
+/*
+ * Inference, one call per time step (a rollout step: no gradients, no caller-side layout work).
+ * Tensors are the caller's batch-major ones:
+ *   x [B][F] inputs; v [B][N] potentials before the step, read as zeros where starts[b] != 0;
+ *   dt [B] step durations (s), each clamped below at min_dt, or NULL for 1 per step.
+ * table: the derived parameters, in this order (REAL arrays unless noted):
+ *   0 sensory pre (int64 [Si], the feature) 1 sensory post (int64 [Si]) 2 sensory gain
+ *   3 sensory offset 4 sensory w_erev 5 sensory w, 6 base [2N] (leak numerator | leak + epsilon
+ *   denominator), 7 cm_unfold [N] (cm x K), 8 pre (int64 [S]) 9 post (int64 [S]) 10 gain
+ *   11 offset 12 w_erev 13 w, 14 output_w [O] 15 output_b [O].
+ * Writes out [B][O] (the first O neurons, affinely mapped) and v_out [B][N].
+ * scratch: 7 N B + S + 2 N + Si values.
+ * Sensory synapse s adds w_erev[s] a and w[s] a to the numerator and denominator of its
+ * postsynaptic neuron, a = sigmoid(gain[s] x[pre[s]] + offset[s]): the drive of ltc_forward,
+ * which then gains cm_t = cm_unfold / dt in the denominator.
+ */
+void ltc_step(int B, int F, int N, int Si, int S, int K, int O, const REAL *x, const REAL *v, const uint8_t *starts,
+              const REAL *dt, double min_dt, const void *const *table, REAL *out, REAL *v_out, REAL *scratch) {
+    const int64_t *s_pre = table[0], *s_post = table[1], *pre = table[8], *post = table[9];
+    const REAL *s_gain = table[2], *s_offset = table[3], *s_w_erev = table[4], *s_w = table[5];
+    const REAL *base = table[6], *cm_unfold = table[7], *gain = table[10], *offset = table[11];
+    const REAL *w_erev = table[12], *w = table[13], *output_w = table[14], *output_b = table[15];
+    const int64_t size = (int64_t)N * B;
+    REAL *drive = scratch, *cm_t = drive + 2 * size, *from = cm_t + size, *to = from + size;
+    REAL *num = to + size, *den = num + size, *act = den + size, *s_act = act + S + 2 * N;
+    for (int b = 0; b < B; b++) {
+        const REAL h = dt ? (dt[b] > (REAL)min_dt ? dt[b] : (REAL)min_dt) : ONE;
+        const int reset = starts && starts[b];
+        for (int i = 0; i < N; i++) {
+            const int64_t at = (int64_t)i * B + b;
+            from[at] = reset ? 0 : v[(int64_t)b * N + i];
+            cm_t[at] = cm_unfold[i] / h;
+            drive[at] = base[i];
+            drive[size + at] = base[N + i];
+        }
+        const REAL *restrict xb = x + (int64_t)b * F;
+        for (int s = 0; s < Si; s++) s_act[s] = sigmoid(s_gain[s] * xb[s_pre[s]] + s_offset[s]);
+        for (int s = 0; s < Si; s++) {
+            drive[s_post[s] * B + b] += s_w_erev[s] * s_act[s];
+            drive[size + s_post[s] * B + b] += s_w[s] * s_act[s];
+        }
+    }
+    for (int64_t i = 0; i < size; i++) drive[size + i] += cm_t[i];
+    const int dense = B < SMALL_BATCH && is_dense(N, S, pre, post);
+    for (int k = 0; k < K; k++) {
+        unfold(B, N, S, dense, from, drive, cm_t, pre, post, gain, offset, w_erev, w, num, den, act, to);
+        REAL *swap = from;
+        from = to;
+        to = swap;
+    }
+    for (int b = 0; b < B; b++) {
+        for (int i = 0; i < N; i++) v_out[(int64_t)b * N + i] = from[(int64_t)i * B + b];
+        for (int o = 0; o < O; o++) out[(int64_t)b * O + o] = output_b[o] + from[(int64_t)o * B + b] * output_w[o];
+    }
+}

@@ -136,8 +136,9 @@ class CoreSequence(nn.Module):
     def step(
         self, inputs: th.Tensor, elapsed: th.Tensor | None, packed: PackedState, resets: th.Tensor | None
     ) -> tuple[th.Tensor, PackedState]:
-        """One step of ``B`` sequences as a rollout takes it: the core's `precompute` and `run` hooks
-        without the shape checks and sequence bookkeeping of `RecurrentCore.forward`.
+        """One step of ``B`` sequences as a rollout takes it (no gradients): the core's fused
+        `inference_step` where it has one, else its `precompute` and `run` hooks, without the shape
+        checks and sequence bookkeeping of `RecurrentCore.forward`.
 
         :param inputs: core inputs ``[1, B, F]`` (as `split_features` returns them)
         :param elapsed: step durations ``[1, B, 1]`` or None (as `split_features` returns them)
@@ -146,10 +147,13 @@ class CoreSequence(nn.Module):
         :return: outputs ``[B, O]`` and the packed next states
         """
         state = self.unpack(packed)
-        if resets is not None:
-            state = state.masked_fill(resets, 0.0)
         if elapsed is None and self.core.time_aware:
             elapsed = inputs.new_ones(1, inputs.shape[1], 1)
+        stepped = self.core.inference_step(inputs, state, None if resets is None else resets.view(1, -1), elapsed)
+        if stepped is not None:
+            return stepped[0][0], self.pack(stepped[1])
+        if resets is not None:
+            state = state.masked_fill(resets, 0.0)
         per_step, shared = self.core.precompute(inputs, elapsed)
         outputs, state = self.core.run(per_step, shared, state)
         return outputs[0], self.pack(state)

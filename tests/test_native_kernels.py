@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from policies import build_core, cfc_native, gru_native, native
+from policies import build_core, cfc, cfc_native, gru_native, native
 from policies.cfc import DENSE_KERNEL_MAX_BATCH
 from policies.rnn import GRU_KERNEL_MAX_BATCH
 from policies.ltc import KERNEL_SOURCE
@@ -81,8 +81,11 @@ def test_kernel_and_pytorch_paths_give_the_same_outputs_and_gradients(name, kwar
         torch.testing.assert_close(gp_k[parameter], gp_t[parameter], rtol=1e-10, atol=1e-12, msg=parameter)
 
 
-@pytest.mark.parametrize("name,kwargs", CASES[:2])  # the LTCs: a CfC's rollout steps run on PyTorch
-def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path(name, kwargs):
+@pytest.mark.parametrize("name,kwargs", CASES)
+@pytest.mark.parametrize("timed", [True, False])
+def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path(name, kwargs, timed):
+    """Rollout steps (T = 1, no gradients, episode starts among them): the LTCs' fused
+    ``ltc_step``, the CfCs' kernel forward; with and without step durations."""
     cores = _pair(name, **kwargs)
     x, state, starts, elapsed = _batch(cores[0], steps=6, batch=8)
     finals = []
@@ -90,9 +93,21 @@ def test_kernel_rollout_steps_under_inference_mode_match_the_pytorch_path(name, 
         for core in cores:
             h = state
             for t in range(6):
-                out, h = core(x[t : t + 1], h, starts[t : t + 1], elapsed[t : t + 1])
-            finals.append((out, h))
-    torch.testing.assert_close(finals[0], finals[1], rtol=1e-12, atol=1e-12)
+                out, h = core(x[t : t + 1], h, starts[t : t + 1], elapsed[t : t + 1] if timed else None)
+                finals.append((out, h))
+    torch.testing.assert_close(finals[:6], finals[6:], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ltc", "ncp-ltc"])
+def test_ltc_rollout_steps_take_the_fused_inference_step(name):
+    core = build_core(name, 3)
+    x, state = torch.randn(1, 8, 3), core.initial_state(8)
+    with torch.no_grad():
+        fused = core.inference_step(x, state, None, torch.full((1, 8, 1), 0.02))
+        assert fused is not None and fused[0].shape == (1, 8, core.output_size) and fused[1].shape == (8, core.state_size)
+        core.native = False
+        assert core.inference_step(x, state, None, torch.full((1, 8, 1), 0.02)) is None
+    copy.deepcopy(core)  # the cached pointer table is not copied
 
 
 def _counted(monkeypatch, function) -> list:
@@ -103,28 +118,39 @@ def _counted(monkeypatch, function) -> list:
     return calls
 
 
+def _counted_calls(monkeypatch, module, name) -> list:
+    """A list that grows by one at every call of ``module.name`` (a plain function)."""
+    calls = []
+    function = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(1) or function(*args))
+    return calls
+
+
 def test_dense_cfc_kernel_trains_small_batches_only(monkeypatch):
-    """PPO minibatches (a few sequences) train in the kernel; larger batches and rollout steps use
-    PyTorch, which is faster there."""
+    """PPO minibatches (a few sequences) train in the kernel, larger batches in PyTorch; inference
+    on small batches (rollout steps) runs the kernel's forward alone, with no autograd node."""
     calls = _counted(monkeypatch, cfc_native.DenseSequence)
+    forwards = _counted_calls(monkeypatch, cfc, "dense_forward")
     core = build_core("cfc", 3, hidden_size=4, backbone_units=6)
     for batch, expected_calls in [(DENSE_KERNEL_MAX_BATCH, 1), (DENSE_KERNEL_MAX_BATCH + 1, 1)]:
         core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
         assert len(calls) == expected_calls
     with torch.no_grad():
         core(torch.randn(1, 2, 3), core.initial_state(2))
-    assert len(calls) == 1
+        core(torch.randn(1, DENSE_KERNEL_MAX_BATCH + 1, 3), core.initial_state(DENSE_KERNEL_MAX_BATCH + 1))
+    assert len(calls) == 1 and len(forwards) == 1
 
 
-def test_wired_cfc_kernel_trains_every_batch_size_and_rollout_steps_use_pytorch(monkeypatch):
+def test_wired_cfc_kernel_trains_every_batch_size_and_infers_in_its_forward(monkeypatch):
     calls = _counted(monkeypatch, cfc_native.WiredSequence)
+    forwards = _counted_calls(monkeypatch, cfc, "wired_forward")
     core = build_core("ncp-cfc", 3, units=10, output_size=2)
     for batch in (1, 64):
         core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
     assert len(calls) == 2
     with torch.no_grad():
         core(torch.randn(1, 8, 3), core.initial_state(8))
-    assert len(calls) == 2
+    assert len(calls) == 2 and len(forwards) == 1
 
 
 def test_gru_kernel_trains_batches_up_to_its_limit_and_rollout_steps_use_torch(monkeypatch):
