@@ -49,13 +49,17 @@ def test_a_bad_spec_stops_naming_the_key_before_any_work(tmp_path, change, messa
 
 
 def test_shipped_specs_name_their_variants_and_the_reference():
-    assert {"hover-cores", "hover-dr", "hover-imitation"} <= set(available_studies())
+    assert {"hover-cores", "hover-cores-quick", "hover-dr", "hover-imitation"} <= set(available_studies())
     imitation = load_spec("hover-imitation")
     assert [(v.name, v.method) for v in imitation.variants] == [("ncp-cfc+rl", "rl"), ("ncp-cfc+imitate", "imitate")]
     dr = load_spec("hover-dr")
     assert [v.name for v in dr.variants][:2] == ["ncp-cfc+nominal", "ncp-cfc+dr"] and dr.reference == "lstm+nominal"
     cores = load_spec("hover-cores")
     assert {v.name for v in cores.variants} >= {"ncp-cfc", "cfc", "ncp-ltc", "lstm", "mlp"} and len(cores.seeds) == 5
+    quick = load_spec("hover-cores-quick")  # the same study, three of its cores
+    assert [v.name for v in quick.variants] == ["ncp-cfc", "cfc", "lstm"] and len(quick.seeds) == 5
+    same = ("base", "set", "seeds", "axes", "levels", "episodes", "episode_seed", "reference", "learned_level")
+    assert all(quick.to_dict()[key] == cores.to_dict()[key] for key in same)
 
 
 def test_a_run_that_raises_is_retried_once_and_reported_while_the_rest_complete_then_resume_reuses(tmp_path):
