@@ -6,7 +6,9 @@ and reports the env steps (RL) or expert labels (imitation) and wall-clock minut
 success level was first reached over 100 evaluation episodes (Hover >= 95 % within 15 min;
 Waypoints >= 90 % within 60 min; ``train.max_minutes`` ends a run at its budget). ``--method``
 picks RL (`agents.train`, evaluating every 50,000 env steps), imitation (`agents.imitate`,
-evaluating after every round of behaviour cloning / DAgger) or both, side by side. The runs are
+evaluating every ``imitation.eval_every`` epochs of the config: 10 by default, two evaluations per
+round of behaviour cloning / DAgger) or both, side by side. Each method's time to target is known
+to the resolution of its evaluations (plus their own cost, counted in the wall time). The runs are
 kept under ``<out>/learn-runs/``. Writes a table to the terminal and CSV, JSON and PNG files to ``out``.
 """
 
@@ -37,8 +39,6 @@ def time_to_success(name: str, level: float, budget_min: float, eval_freq: int, 
     minutes of the first evaluation at the level."""
     overrides = ["train.progress_bar=false", f"train.stop_at_success={level}", f"train.max_minutes={budget_min}",
                  f"eval.freq={eval_freq}", f"eval.n_episodes={n_episodes}", "eval.final_episodes=0"]
-    if method == "imitate":
-        overrides.append(f"imitation.eval_every={load_config(name).imitation.epochs}")  # once per round
     config = load_config(name, overrides)
     if run_dir.exists():
         shutil.rmtree(run_dir)
