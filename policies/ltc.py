@@ -358,7 +358,8 @@ class LTC(RecurrentCore):
 
     def _step_table(self):
         """(derived tensors, kernel, int64 tensor of the pointers ``ltc_step`` reads, the tensors
-        they point to) for the current parameters, or None without the kernel (gradients off)."""
+        they point to) for the current parameters, or None where the kernel does not apply. Call
+        without gradients (the derived tensors are cached only then)."""
         derived = self.derived()
         kernel = derived[-1][0]
         if kernel is None:

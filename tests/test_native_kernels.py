@@ -105,24 +105,21 @@ def test_ltc_rollout_steps_take_the_fused_inference_step(name):
     with torch.no_grad():
         fused = core.inference_step(x, state, None, torch.full((1, 8, 1), 0.02))
         assert fused is not None and fused[0].shape == (1, 8, core.output_size) and fused[1].shape == (8, core.state_size)
+        twin = copy.deepcopy(core)  # the cached pointer table (raw pointers into core's tensors) is not copied
+        assert twin._table is None
+        torch.testing.assert_close(twin.inference_step(x, state, None, torch.full((1, 8, 1), 0.02)), fused,
+                                   rtol=0, atol=0)
+        assert set(twin._table[2].tolist()).isdisjoint(core._table[2].tolist())  # its own tensors
         core.native = False
         assert core.inference_step(x, state, None, torch.full((1, 8, 1), 0.02)) is None
-    copy.deepcopy(core)  # the cached pointer table is not copied
 
 
-def _counted(monkeypatch, function) -> list:
-    """A list that grows by one at every ``function.apply`` call (an autograd function)."""
+def _counted(monkeypatch, owner, name="apply") -> list:
+    """A list that grows by one at every call of ``owner.name`` (by default an autograd function's
+    ``apply``; or a function of a module)."""
     calls = []
-    apply = function.apply
-    monkeypatch.setattr(function, "apply", lambda *args: calls.append(1) or apply(*args))
-    return calls
-
-
-def _counted_calls(monkeypatch, module, name) -> list:
-    """A list that grows by one at every call of ``module.name`` (a plain function)."""
-    calls = []
-    function = getattr(module, name)
-    monkeypatch.setattr(module, name, lambda *args: calls.append(1) or function(*args))
+    function = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *args: calls.append(1) or function(*args))
     return calls
 
 
@@ -130,7 +127,7 @@ def test_dense_cfc_kernel_trains_small_batches_only(monkeypatch):
     """PPO minibatches (a few sequences) train in the kernel, larger batches in PyTorch; inference
     on small batches (rollout steps) runs the kernel's forward alone, with no autograd node."""
     calls = _counted(monkeypatch, cfc_native.DenseSequence)
-    forwards = _counted_calls(monkeypatch, cfc, "dense_forward")
+    forwards = _counted(monkeypatch, cfc, "dense_forward")
     core = build_core("cfc", 3, hidden_size=4, backbone_units=6)
     for batch, expected_calls in [(DENSE_KERNEL_MAX_BATCH, 1), (DENSE_KERNEL_MAX_BATCH + 1, 1)]:
         core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
@@ -143,7 +140,7 @@ def test_dense_cfc_kernel_trains_small_batches_only(monkeypatch):
 
 def test_wired_cfc_kernel_trains_every_batch_size_and_infers_in_its_forward(monkeypatch):
     calls = _counted(monkeypatch, cfc_native.WiredSequence)
-    forwards = _counted_calls(monkeypatch, cfc, "wired_forward")
+    forwards = _counted(monkeypatch, cfc, "wired_forward")
     core = build_core("ncp-cfc", 3, units=10, output_size=2)
     for batch in (1, 64):
         core(torch.randn(4, batch, 3), core.initial_state(batch))[0].sum().backward()
